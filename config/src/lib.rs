@@ -1,0 +1,189 @@
+//! Typed aptgate configuration.
+//!
+//! Values are layered: built-in defaults < the TOML file < `APTGATE_…` environment variables <
+//! command-line flags. [`load`] merges the layers and remembers where every value came from, so
+//! `aptgate config show` can explain the effective configuration. When no source is configured,
+//! [`host_sources`] imports the host's own apt sources so a fresh Debian/Ubuntu host mirrors what
+//! it already uses.
+
+mod host_apt;
+mod layering;
+mod names;
+
+pub use host_apt::{host_sources, HostImport, SkippedEntry};
+pub use layering::{load, ConfigError, LoadOptions, Loaded, Origin};
+pub use names::{InvalidName, SourceName};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// The whole configuration, as the server sees it after layering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where metadata, the store and logs live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub mirror: MirrorConfig,
+    /// Where `aptgate serve` looks for the host's apt sources when `sources` is empty.
+    pub host_apt: HostAptConfig,
+    /// Named upstream sources. Empty means "import the host's apt sources".
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./aptgate-data"),
+            server: ServerConfig::default(),
+            mirror: MirrorConfig::default(),
+            host_apt: HostAptConfig::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Loopback by default: exposing a mirror is a deliberate choice.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+        }
+    }
+}
+
+/// How the pull-through mirror talks to upstreams and caches their answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// How long a fetched `InRelease` is served before it is revalidated upstream.
+    #[serde(with = "humantime_secs")]
+    pub release_freshness: Duration,
+    /// How long an upstream 404 is remembered.
+    #[serde(with = "humantime_secs")]
+    pub negative_cache: Duration,
+    /// Give up connecting to an upstream after this long.
+    #[serde(with = "humantime_secs")]
+    pub connect_timeout: Duration,
+    /// Give up on an upstream that sends nothing for this long (a stalled transfer).
+    #[serde(with = "humantime_secs")]
+    pub read_timeout: Duration,
+    /// Extra PEM CA certificates to trust for `https://` upstreams (besides the system's).
+    pub extra_ca_certs: Vec<PathBuf>,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            release_freshness: Duration::from_secs(300),
+            negative_cache: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            extra_ca_certs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostAptConfig {
+    /// The apt configuration directory whose `sources.list` and `sources.list.d/` are imported.
+    pub dir: PathBuf,
+}
+
+impl Default for HostAptConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/etc/apt"),
+        }
+    }
+}
+
+/// One upstream apt repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Served at `/mirror/<name>/`.
+    pub name: SourceName,
+    /// The repository's base URL (the directory holding `dists/` and `pool/`).
+    pub url: Url,
+    #[serde(default)]
+    pub suites: Vec<String>,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// OpenPGP public key files (armored or binary, one or many keys each) that may sign this
+    /// source's `InRelease`.
+    #[serde(default)]
+    pub keyring: Vec<PathBuf>,
+    /// Armored public keys given inline (deb822 `Signed-By:` blocks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_keys: Vec<String>,
+}
+
+/// Durations are written as whole seconds or with a unit: `300`, `"300s"`, `"5m"`, `"2h"`, `"1d"`.
+pub mod humantime_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn format_duration(d: Duration) -> String {
+        let s = d.as_secs();
+        match s {
+            0 => "0s".into(),
+            s if s % 86400 == 0 => format!("{}d", s / 86400),
+            s if s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    }
+
+    pub fn parse_duration(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 2h, 1d"))?;
+        let mult = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {text:?}: use s, m, h or d"
+                ))
+            }
+        };
+        Ok(Duration::from_secs(n * mult))
+    }
+}

@@ -1,0 +1,105 @@
+//! Single flight: one upstream download per missing blob, streamed to every client that asks.
+//!
+//! The first miss registers a [`Flight`] and spawns a detached task (not owned by any client's
+//! request, so a client hanging up cancels nothing) that writes the blob's temp file and
+//! publishes progress on a `watch` channel. Every client tails the temp file up to the published
+//! length, always holding back the last byte until the digest has been checked: a digest
+//! failure ends every body with an error, so no client ever receives a complete bad file.
+
+use bytes::Bytes;
+use futures::Stream;
+use std::io::{self, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Bytes written to the temp file so far.
+    Running(u64),
+    /// Verified and in the store.
+    Done,
+    Failed(Arc<str>),
+}
+
+/// A download in progress.
+#[derive(Debug)]
+pub struct Flight {
+    pub size: u64,
+    pub tmp_path: PathBuf,
+    pub blob_path: PathBuf,
+    pub progress: watch::Receiver<Progress>,
+}
+
+const CHUNK: u64 = 256 * 1024;
+
+struct Tail {
+    flight: Arc<Flight>,
+    progress: watch::Receiver<Progress>,
+    file: Option<tokio::fs::File>,
+    sent: u64,
+}
+
+impl Flight {
+    /// The blob's bytes as they arrive; ends with an error if the download fails.
+    pub fn body(self: Arc<Self>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let tail = Tail {
+            progress: self.progress.clone(),
+            flight: self,
+            file: None,
+            sent: 0,
+        };
+        futures::stream::try_unfold(tail, |mut tail| async move {
+            match tail.next_chunk().await? {
+                Some(bytes) => Ok(Some((bytes, tail))),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+impl Tail {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        let size = self.flight.size;
+        loop {
+            if self.sent == size {
+                return Ok(None);
+            }
+            let available = match &*self.progress.borrow_and_update() {
+                Progress::Running(written) => (*written).min(size.saturating_sub(1)),
+                Progress::Done => size,
+                Progress::Failed(why) => return Err(io::Error::other(why.to_string())),
+            };
+            if self.sent < available && self.open().await? {
+                let want = (available - self.sent).min(CHUNK) as usize;
+                let mut buf = vec![0u8; want];
+                let file = self.file.as_mut().expect("opened above");
+                file.read_exact(&mut buf).await?;
+                self.sent += want as u64;
+                return Ok(Some(Bytes::from(buf)));
+            }
+            if self.progress.changed().await.is_err()
+                && !matches!(*self.progress.borrow(), Progress::Done)
+            {
+                return Err(io::Error::other("download abandoned"));
+            }
+        }
+    }
+
+    /// Opens the temp file, or the finished blob if it was already renamed into place.
+    /// Returns false if neither exists yet (a failing download removed it: wait for its end).
+    async fn open(&mut self) -> io::Result<bool> {
+        if self.file.is_some() {
+            return Ok(true);
+        }
+        for path in [&self.flight.tmp_path, &self.flight.blob_path] {
+            if let Ok(mut file) = tokio::fs::File::open(path).await {
+                file.seek(SeekFrom::Start(self.sent)).await?;
+                self.file = Some(file);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,22 @@
+//! The pull-through mirror: upstream sources, verification, the content-addressed store and the
+//! `/mirror/<source>/…` routes that plain apt talks to.
+
+pub mod digest;
+pub mod error;
+pub mod flight;
+pub mod keyring;
+pub mod metrics;
+mod mirror;
+pub mod packages;
+pub mod path;
+pub mod refs;
+pub mod release;
+pub mod routes;
+pub mod store;
+pub mod upstream;
+
+pub use digest::Sha256;
+pub use error::MirrorError;
+pub use mirror::{Mirror, Resolved, SetupError};
+pub use routes::routes;
+pub use store::{Expected, Store, StoreError};

@@ -1,0 +1,846 @@
+//! The pull-through mirror: resolves a request for `/mirror/<source>/<path>` to verified bytes.
+//!
+//! * `dists/<suite>/InRelease` (or `Release` + `Release.gpg`): fetched, signature checked
+//!   against the source's keyring, dates checked, then kept and revalidated with conditional
+//!   requests once older than `release_freshness`. Served stale while upstream is unreachable;
+//!   never replaced by one with an older `Date`.
+//! * other `dists/<suite>/…` files: must be listed in the suite's verified Release; stored and
+//!   served by the digest it names (so `by-hash/` costs nothing extra).
+//! * `pool/…` files: checked against the sha256/size of a verified `Packages` index; stored
+//!   once. A file no verified index describes is passed through unstored.
+
+use crate::digest::Sha256;
+use crate::error::MirrorError;
+use crate::flight::{Flight, Progress};
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
+use crate::packages::{self, PoolEntry};
+use crate::path::MirrorPath;
+use crate::refs::{PathRecord, Refs};
+use crate::release::SuiteRelease;
+use crate::store::{Expected, Store};
+use crate::upstream;
+use aptgate_config::{MirrorConfig, SourceConfig, SourceName};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The largest `InRelease`/`Release`/`Release.gpg` we accept (Debian's are ~150 KB).
+const MAX_RELEASE_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("source {source_name}: {error}")]
+    Keyring {
+        source_name: SourceName,
+        #[source]
+        error: crate::keyring::KeyringError,
+    },
+    #[error("source {0} has no keyring: its InRelease could never be verified")]
+    NoKeyring(SourceName),
+    #[error(transparent)]
+    Client(#[from] upstream::ClientError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Source {
+    config: SourceConfig,
+    keyring: Keyring,
+}
+
+impl Source {
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/{}",
+            self.config.url.as_str().trim_end_matches('/'),
+            path
+        )
+    }
+}
+
+/// What a request resolved to.
+pub enum Resolved {
+    /// A verified blob in the store.
+    Blob { digest: Sha256, stale: bool },
+    /// A download under way; the body streams as it arrives.
+    Streaming(Arc<Flight>),
+    /// An upstream response passed through unstored (no verified index describes the file).
+    PassThrough(reqwest::Response),
+}
+
+/// The mirror's state, shared by all requests.
+pub struct Mirror {
+    sources: HashMap<SourceName, Source>,
+    store: Store,
+    refs: Refs,
+    client: reqwest::Client,
+    config: MirrorConfig,
+    metrics: Metrics,
+    flights: Mutex<HashMap<Sha256, Arc<Flight>>>,
+    /// One revalidation at a time per release file.
+    release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
+    pool: RwLock<HashMap<SourceName, HashMap<String, PoolEntry>>>,
+    /// Index blobs already read into `pool`, and sources whose stored indices were loaded.
+    indices_read: Mutex<HashSet<Sha256>>,
+    sources_loaded: tokio::sync::Mutex<HashSet<SourceName>>,
+    not_found: Mutex<HashMap<(SourceName, String), Instant>>,
+}
+
+impl Mirror {
+    pub fn new(
+        data_dir: &Path,
+        sources: &[SourceConfig],
+        config: &MirrorConfig,
+    ) -> Result<Arc<Self>, SetupError> {
+        let mut by_name = HashMap::new();
+        for source in sources {
+            let keyring = Keyring::load(&source.keyring, &source.inline_keys).map_err(|error| {
+                SetupError::Keyring {
+                    source_name: source.name.clone(),
+                    error,
+                }
+            })?;
+            if keyring.is_empty() {
+                return Err(SetupError::NoKeyring(source.name.clone()));
+            }
+            by_name.insert(
+                source.name.clone(),
+                Source {
+                    config: source.clone(),
+                    keyring,
+                },
+            );
+        }
+        let refs_dir = data_dir.join("refs");
+        Ok(Arc::new(Self {
+            sources: by_name,
+            store: Store::open(data_dir.join("store"))?,
+            refs: Refs::open(&refs_dir).map_err(|source| SetupError::Io {
+                path: refs_dir,
+                source,
+            })?,
+            client: upstream::client(config)?,
+            config: config.clone(),
+            metrics: Metrics::default(),
+            flights: Mutex::default(),
+            release_locks: Mutex::default(),
+            releases: RwLock::default(),
+            pool: RwLock::default(),
+            indices_read: Mutex::default(),
+            sources_loaded: tokio::sync::Mutex::default(),
+            not_found: Mutex::default(),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn source_configs(&self) -> impl Iterator<Item = &SourceConfig> {
+        self.sources.values().map(|s| &s.config)
+    }
+
+    /// Resolves `path` of `source` to bytes the caller may serve.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        source_name: &str,
+        path: &MirrorPath,
+    ) -> Result<Resolved, MirrorError> {
+        let (name, source) = self.source(source_name)?;
+        Metrics::inc(&self.metrics.requests);
+        let segments: Vec<&str> = path.segments().collect();
+        match segments.as_slice() {
+            ["dists", suite, file @ ("InRelease" | "Release" | "Release.gpg")] => {
+                let (record, stale) = self.release_file(name, source, suite, file).await?;
+                Ok(Resolved::Blob {
+                    digest: record.sha256,
+                    stale,
+                })
+            }
+            ["dists", suite, rest @ ..] if !rest.is_empty() => {
+                self.index_file(name, source, suite, &rest.join("/")).await
+            }
+            _ => self.pool_file(name, source, path.as_str()).await,
+        }
+    }
+
+    pub fn blob_path(&self, digest: &Sha256) -> std::path::PathBuf {
+        self.store.blob_path(digest)
+    }
+
+    fn source(&self, name: &str) -> Result<(&SourceName, &Source), MirrorError> {
+        self.sources
+            .get_key_value(name)
+            .ok_or_else(|| MirrorError::UnknownSource {
+                name: name.to_owned(),
+                known: {
+                    let mut known: Vec<_> = self.sources.keys().map(|k| k.to_string()).collect();
+                    known.sort();
+                    known
+                },
+            })
+    }
+
+    // ---- release files ------------------------------------------------------------------
+
+    /// Returns the record of a verified release file and whether it is served stale.
+    async fn release_file(
+        &self,
+        name: &SourceName,
+        source: &Source,
+        suite: &str,
+        file: &str,
+    ) -> Result<(PathRecord, bool), MirrorError> {
+        let path = format!("dists/{suite}/{file}");
+        // `Release` and `Release.gpg` are fetched, verified and stored as a pair.
+        let lead = if file == "InRelease" {
+            path.clone()
+        } else {
+            format!("dists/{suite}/Release")
+        };
+        let lock = {
+            let mut locks = self.release_locks.lock().expect("lock poisoned");
+            locks.entry(format!("{name}/{lead}")).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+
+        let cached = self
+            .refs
+            .get(name, &lead)
+            .await
+            .filter(|r| self.store.contains(&r.sha256));
+        let fresh = cached.as_ref().is_some_and(|r| {
+            now_secs() - r.fetched_at < self.config.release_freshness.as_secs() as i64
+        });
+        if !fresh {
+            self.revalidate_release(name, source, suite, &lead, cached.as_ref())
+                .await?;
+        }
+        let record = self
+            .refs
+            .get(name, &path)
+            .await
+            .ok_or_else(|| MirrorError::NotFound { what: path.clone() })?;
+        let stale =
+            now_secs() - record.fetched_at >= self.config.release_freshness.as_secs() as i64;
+        Ok((record, stale))
+    }
+
+    /// Asks upstream whether `lead` (InRelease or Release) changed and stores a verified new
+    /// version. When upstream cannot be reached but a verified copy exists, keeps that copy.
+    async fn revalidate_release(
+        &self,
+        name: &SourceName,
+        source: &Source,
+        suite: &str,
+        lead: &str,
+        cached: Option<&PathRecord>,
+    ) -> Result<(), MirrorError> {
+        let url = source.url(lead);
+        let mut request = self.client.get(&url);
+        if let Some(cached) = cached {
+            if let Some(etag) = &cached.etag {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            }
+            if let Some(lm) = &cached.last_modified {
+                request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+            }
+        }
+        Metrics::inc(&self.metrics.upstream_fetches);
+        let unreachable = |reason: String| {
+            Metrics::inc(&self.metrics.upstream_errors);
+            match cached {
+                Some(_) => {
+                    Metrics::inc(&self.metrics.stale_served);
+                    warn!(source = %name, %url, %reason, "upstream unreachable; serving the cached copy stale");
+                    Ok(())
+                }
+                None => Err(MirrorError::Upstream {
+                    url: url.clone(),
+                    reason,
+                }),
+            }
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return unreachable(upstream::describe(&e)),
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            if let Some(cached) = cached {
+                return self.touch(name, lead, cached).await;
+            }
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return match cached {
+                Some(_) => unreachable("answered 404 for a file it served before".into()),
+                None => Err(MirrorError::NotFound { what: lead.into() }),
+            };
+        }
+        if status != reqwest::StatusCode::OK {
+            return unreachable(format!("answered {status}"));
+        }
+        let etag = header(&response, reqwest::header::ETAG);
+        let last_modified = header(&response, reqwest::header::LAST_MODIFIED);
+        let body = match read_limited(response, MAX_RELEASE_BYTES).await {
+            Ok(b) => b,
+            Err(reason) => return unreachable(reason),
+        };
+
+        let verify_error = |reason: String| {
+            Metrics::inc(&self.metrics.upstream_errors);
+            warn!(source = %name, %url, %reason, "refusing upstream release file");
+            MirrorError::Verification {
+                url: url.clone(),
+                reason,
+            }
+        };
+        let text = String::from_utf8(body.clone())
+            .map_err(|_| verify_error("not valid UTF-8 text".into()))?;
+        // For a Release, also fetch its detached signature; both are stored or neither.
+        let (signed_text, signature) = if lead.ends_with("/InRelease") {
+            let signed = source
+                .keyring
+                .verify_cleartext(&text)
+                .map_err(|e| verify_error(e.to_string()))?;
+            (signed, None)
+        } else {
+            let sig_url = format!("{url}.gpg");
+            Metrics::inc(&self.metrics.upstream_fetches);
+            let sig = match self.client.get(&sig_url).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                    read_limited(r, MAX_RELEASE_BYTES).await
+                }
+                Ok(r) => Err(format!("{sig_url} answered {}", r.status())),
+                Err(e) => Err(upstream::describe(&e)),
+            };
+            let sig = match sig {
+                Ok(sig) => sig,
+                Err(reason) => return unreachable(reason),
+            };
+            source
+                .keyring
+                .verify_detached(&body, &sig)
+                .map_err(|e| verify_error(e.to_string()))?;
+            (text, Some(sig))
+        };
+        let release = SuiteRelease::parse(&signed_text).map_err(|e| verify_error(e.to_string()))?;
+        release
+            .check_dates(chrono::Utc::now())
+            .map_err(|e| verify_error(e.to_string()))?;
+
+        if let Some(cached) = cached {
+            if let Some(old) = self.suite_release_cached(name, suite).await {
+                if release.date < old.date {
+                    warn!(source = %name, %url, new = %release.date, cached = %old.date,
+                        "upstream release is older than the cached one; keeping the cached one");
+                    return self.touch(name, lead, cached).await;
+                }
+            }
+        }
+
+        let now = now_secs();
+        let digest = self
+            .store
+            .insert(&body, Expected::default())
+            .await
+            .map_err(MirrorError::internal)?;
+        let record = PathRecord {
+            sha256: digest,
+            size: body.len() as u64,
+            fetched_at: now,
+            etag,
+            last_modified,
+        };
+        if let Some(sig) = signature {
+            let sig_digest = self
+                .store
+                .insert(&sig, Expected::default())
+                .await
+                .map_err(MirrorError::internal)?;
+            let sig_record = PathRecord {
+                sha256: sig_digest,
+                size: sig.len() as u64,
+                fetched_at: now,
+                etag: None,
+                last_modified: None,
+            };
+            self.refs
+                .put(name, &format!("{lead}.gpg"), &sig_record)
+                .await
+                .map_err(MirrorError::internal)?;
+        }
+        self.refs
+            .put(name, lead, &record)
+            .await
+            .map_err(MirrorError::internal)?;
+        if cached.map(|c| c.sha256) != Some(digest) {
+            info!(source = %name, suite, date = %release.date, "new verified release");
+        }
+        self.releases
+            .write()
+            .expect("lock poisoned")
+            .insert((name.clone(), suite.to_owned()), Arc::new(release));
+        Ok(())
+    }
+
+    /// Records that upstream confirmed a cached release file (and its signature) just now.
+    async fn touch(
+        &self,
+        name: &SourceName,
+        lead: &str,
+        cached: &PathRecord,
+    ) -> Result<(), MirrorError> {
+        let now = now_secs();
+        let mut paths = vec![lead.to_owned()];
+        if lead.ends_with("/Release") {
+            paths.push(format!("{lead}.gpg"));
+        }
+        for path in paths {
+            let record = if path == lead {
+                Some(cached.clone())
+            } else {
+                self.refs.get(name, &path).await
+            };
+            if let Some(mut record) = record {
+                record.fetched_at = now;
+                self.refs
+                    .put(name, &path, &record)
+                    .await
+                    .map_err(MirrorError::internal)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The suite's verified Release as last stored, without asking upstream.
+    async fn suite_release_cached(
+        &self,
+        name: &SourceName,
+        suite: &str,
+    ) -> Option<Arc<SuiteRelease>> {
+        let key = (name.clone(), suite.to_owned());
+        if let Some(r) = self.releases.read().expect("lock poisoned").get(&key) {
+            return Some(r.clone());
+        }
+        let source = self.sources.get(name)?;
+        let release = self.load_stored_release(name, source, suite).await?;
+        let release = Arc::new(release);
+        self.releases
+            .write()
+            .expect("lock poisoned")
+            .insert(key, release.clone());
+        Some(release)
+    }
+
+    /// Re-reads a stored release file; its signature is checked again, since the store on
+    /// disk is only as trustworthy as its last `store verify`.
+    async fn load_stored_release(
+        &self,
+        name: &SourceName,
+        source: &Source,
+        suite: &str,
+    ) -> Option<SuiteRelease> {
+        if let Some(record) = self
+            .refs
+            .get(name, &format!("dists/{suite}/InRelease"))
+            .await
+        {
+            let bytes = self.store.read(&record.sha256).await.ok()?;
+            let text = String::from_utf8(bytes).ok()?;
+            let signed = source.keyring.verify_cleartext(&text).ok()?;
+            return SuiteRelease::parse(&signed).ok();
+        }
+        let record = self
+            .refs
+            .get(name, &format!("dists/{suite}/Release"))
+            .await?;
+        let sig = self
+            .refs
+            .get(name, &format!("dists/{suite}/Release.gpg"))
+            .await?;
+        let bytes = self.store.read(&record.sha256).await.ok()?;
+        let sig = self.store.read(&sig.sha256).await.ok()?;
+        source.keyring.verify_detached(&bytes, &sig).ok()?;
+        SuiteRelease::parse(&String::from_utf8(bytes).ok()?).ok()
+    }
+
+    // ---- index files --------------------------------------------------------------------
+
+    async fn index_file(
+        self: &Arc<Self>,
+        name: &SourceName,
+        source: &Source,
+        suite: &str,
+        rest: &str,
+    ) -> Result<Resolved, MirrorError> {
+        let mut expected = match self.suite_release_cached(name, suite).await {
+            Some(release) => release.expect(rest),
+            None => None,
+        };
+        if expected.is_none() {
+            // Unknown suite, or our copy is older than the client's: revalidate once.
+            self.release_file(name, source, suite, "InRelease").await?;
+            expected = self
+                .suite_release_cached(name, suite)
+                .await
+                .and_then(|r| r.expect(rest));
+        }
+        let (digest, size) = expected.ok_or_else(|| MirrorError::NotListed {
+            suite: suite.into(),
+            rest: rest.into(),
+        })?;
+        let path = format!("dists/{suite}/{rest}");
+        self.blob_or_fetch(name, source, &path, digest, size).await
+    }
+
+    // ---- pool files ---------------------------------------------------------------------
+
+    async fn pool_file(
+        self: &Arc<Self>,
+        name: &SourceName,
+        source: &Source,
+        path: &str,
+    ) -> Result<Resolved, MirrorError> {
+        let expected = match self.pool_entry(name, path) {
+            Some(e) => Some(e),
+            None => match self.refs.get(name, path).await {
+                Some(r) => Some(PoolEntry {
+                    sha256: r.sha256,
+                    size: r.size,
+                }),
+                None => {
+                    self.load_stored_indices(name).await;
+                    self.pool_entry(name, path)
+                }
+            },
+        };
+        match expected {
+            Some(e) => {
+                self.blob_or_fetch(name, source, path, e.sha256, e.size)
+                    .await
+            }
+            None => self.pass_through(name, source, path).await,
+        }
+    }
+
+    fn pool_entry(&self, name: &SourceName, path: &str) -> Option<PoolEntry> {
+        self.pool
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .and_then(|m| m.get(path).copied())
+    }
+
+    /// Reads the `Packages` indices this source has in the store (once per process), so pool
+    /// files can be checked after a restart.
+    async fn load_stored_indices(&self, name: &SourceName) {
+        let mut loaded = self.sources_loaded.lock().await;
+        if !loaded.insert(name.clone()) {
+            return;
+        }
+        let Some(source) = self.sources.get(name) else {
+            return;
+        };
+        let dists = self.refs_root(name).join("dists");
+        let Ok(suites) = fs_err::read_dir(&dists) else {
+            return;
+        };
+        for suite in suites.flatten() {
+            let Some(suite) = suite.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some(release) = self.load_stored_release(name, source, &suite).await else {
+                continue;
+            };
+            for (path, (digest, _)) in &release.files {
+                if packages::is_packages_index(path) && self.store.contains(digest) {
+                    self.read_index(name, path, *digest).await;
+                }
+            }
+        }
+    }
+
+    fn refs_root(&self, name: &SourceName) -> std::path::PathBuf {
+        self.store
+            .root()
+            .parent()
+            .expect("store lives in the data dir")
+            .join("refs")
+            .join(name.as_str())
+    }
+
+    /// Adds the pool files a stored `Packages` index describes to the expectations.
+    async fn read_index(&self, name: &SourceName, path: &str, digest: Sha256) {
+        if !self
+            .indices_read
+            .lock()
+            .expect("lock poisoned")
+            .insert(digest)
+        {
+            return;
+        }
+        let blob = self.store.blob_path(&digest);
+        let file_name = path.to_owned();
+        let entries = tokio::task::spawn_blocking(move || {
+            let bytes = fs_err::read(blob)?;
+            Ok::<_, std::io::Error>(packages::pool_entries(&packages::decompress(
+                &file_name, &bytes,
+            )?))
+        })
+        .await;
+        match entries {
+            Ok(Ok(entries)) => {
+                let mut pool = self.pool.write().expect("lock poisoned");
+                let map = pool.entry(name.clone()).or_default();
+                map.extend(entries);
+            }
+            Ok(Err(e)) => warn!(source = %name, path, error = %e, "cannot read stored index"),
+            Err(e) => warn!(source = %name, path, error = %e, "index reader panicked"),
+        }
+    }
+
+    // ---- fetching -----------------------------------------------------------------------
+
+    /// Serves a blob from the store, or joins or starts its download.
+    async fn blob_or_fetch(
+        self: &Arc<Self>,
+        name: &SourceName,
+        source: &Source,
+        path: &str,
+        digest: Sha256,
+        size: u64,
+    ) -> Result<Resolved, MirrorError> {
+        if self.store.contains(&digest) {
+            Metrics::inc(&self.metrics.cache_hits);
+            if path.starts_with("pool/") && self.refs.get(name, path).await.is_none() {
+                self.record_pool(name, path, digest, size).await;
+            }
+            return Ok(Resolved::Blob {
+                digest,
+                stale: false,
+            });
+        }
+        self.check_not_found(name, path)?;
+        let mut flights = self.flights.lock().expect("lock poisoned");
+        if let Some(flight) = flights.get(&digest) {
+            Metrics::inc(&self.metrics.coalesced_waiters);
+            return Ok(Resolved::Streaming(flight.clone()));
+        }
+        // It may have landed between the check above and taking the lock.
+        if self.store.contains(&digest) {
+            return Ok(Resolved::Blob {
+                digest,
+                stale: false,
+            });
+        }
+        let writer = self
+            .store
+            .writer(Expected::exactly(digest, size))
+            .map_err(MirrorError::internal)?;
+        let (progress, receiver) = watch::channel(Progress::Running(0));
+        let flight = Arc::new(Flight {
+            size,
+            tmp_path: writer.tmp_path().to_owned(),
+            blob_path: self.store.blob_path(&digest),
+            progress: receiver,
+        });
+        flights.insert(digest, flight.clone());
+        drop(flights);
+        Metrics::inc(&self.metrics.cache_misses);
+        Metrics::inc(&self.metrics.upstream_fetches);
+
+        let mirror = self.clone();
+        let name = name.clone();
+        let path = path.to_owned();
+        let url = source.url(&path);
+        tokio::spawn(async move {
+            let outcome = mirror.download(&url, writer, &progress).await;
+            match outcome {
+                Ok(()) => {
+                    progress.send_replace(Progress::Done);
+                    mirror.after_store(&name, &path, digest, size).await;
+                }
+                Err(failure) => {
+                    Metrics::inc(&mirror.metrics.upstream_errors);
+                    warn!(source = %name, %url, reason = %failure.reason, "download failed; nothing stored");
+                    if failure.not_found {
+                        mirror.remember_not_found(&name, &path);
+                    }
+                    progress.send_replace(Progress::Failed(failure.reason.into()));
+                }
+            }
+            mirror
+                .flights
+                .lock()
+                .expect("lock poisoned")
+                .remove(&digest);
+        });
+        Ok(Resolved::Streaming(flight))
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        mut writer: crate::store::BlobWriter,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), DownloadFailure> {
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| DownloadFailure::new(upstream::describe(&e)))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(DownloadFailure {
+                not_found: response.status() == reqwest::StatusCode::NOT_FOUND,
+                reason: format!("upstream answered {}", response.status()),
+            });
+        }
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| DownloadFailure::new(upstream::describe(&e)))?;
+            writer
+                .write(&chunk)
+                .await
+                .map_err(|e| DownloadFailure::new(e.to_string()))?;
+            progress.send_replace(Progress::Running(writer.written()));
+        }
+        writer
+            .finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| DownloadFailure::new(e.to_string()))
+    }
+
+    async fn after_store(&self, name: &SourceName, path: &str, digest: Sha256, size: u64) {
+        if path.starts_with("pool/") {
+            self.record_pool(name, path, digest, size).await;
+        } else if packages::is_packages_index(path) {
+            self.read_index(name, path, digest).await;
+        }
+    }
+
+    async fn record_pool(&self, name: &SourceName, path: &str, digest: Sha256, size: u64) {
+        let record = PathRecord {
+            sha256: digest,
+            size,
+            fetched_at: now_secs(),
+            etag: None,
+            last_modified: None,
+        };
+        if let Err(e) = self.refs.put(name, path, &record).await {
+            warn!(source = %name, path, error = %e, "cannot record pool file");
+        }
+    }
+
+    /// Streams a file that no verified index describes straight from upstream, unstored.
+    async fn pass_through(
+        &self,
+        name: &SourceName,
+        source: &Source,
+        path: &str,
+    ) -> Result<Resolved, MirrorError> {
+        self.check_not_found(name, path)?;
+        let url = source.url(path);
+        Metrics::inc(&self.metrics.upstream_fetches);
+        let response = self.client.get(&url).send().await.map_err(|e| {
+            Metrics::inc(&self.metrics.upstream_errors);
+            MirrorError::Upstream {
+                url: url.clone(),
+                reason: upstream::describe(&e),
+            }
+        })?;
+        match response.status() {
+            reqwest::StatusCode::OK => Ok(Resolved::PassThrough(response)),
+            reqwest::StatusCode::NOT_FOUND => {
+                self.remember_not_found(name, path);
+                Err(MirrorError::NotFound { what: path.into() })
+            }
+            status => Err(MirrorError::Upstream {
+                url,
+                reason: format!("answered {status}"),
+            }),
+        }
+    }
+
+    fn check_not_found(&self, name: &SourceName, path: &str) -> Result<(), MirrorError> {
+        let mut not_found = self.not_found.lock().expect("lock poisoned");
+        let key = (name.clone(), path.to_owned());
+        match not_found.get(&key) {
+            Some(at) if at.elapsed() < self.config.negative_cache => {
+                Err(MirrorError::NotFound { what: path.into() })
+            }
+            Some(_) => {
+                not_found.remove(&key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn remember_not_found(&self, name: &SourceName, path: &str) {
+        let mut not_found = self.not_found.lock().expect("lock poisoned");
+        // Bounded: a flood of misses must not grow memory without limit.
+        if not_found.len() > 10_000 {
+            let ttl = self.config.negative_cache;
+            not_found.retain(|_, at| at.elapsed() < ttl);
+        }
+        not_found.insert((name.clone(), path.to_owned()), Instant::now());
+    }
+}
+
+struct DownloadFailure {
+    reason: String,
+    not_found: bool,
+}
+
+impl DownloadFailure {
+    fn new(reason: String) -> Self {
+        Self {
+            reason,
+            not_found: false,
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| upstream::describe(&e))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,150 @@
+//! HTTP routes: `GET`/`HEAD /mirror/<source>/<path>` and the source list at `/mirror/`.
+
+use crate::error::MirrorError;
+use crate::mirror::{Mirror, Resolved};
+use crate::path::MirrorPath;
+use axum::body::Body;
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+/// Larger reads than tower-http's 64 KiB default: fewer trips through the blocking pool.
+const SERVE_CHUNK: usize = 1 << 20;
+
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Mirror>: FromRef<S>,
+{
+    Router::new()
+        .route("/mirror/", get(list_sources))
+        .route("/mirror/{source}/{*path}", get(serve))
+}
+
+/// A plain-text list of sources with the apt line for each.
+async fn list_sources(State(mirror): State<Arc<Mirror>>, request: Request) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("HOST:PORT");
+    let mut sources: Vec<_> = mirror.source_configs().collect();
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::from("# aptgate mirror sources: one apt line each\n");
+    for s in sources {
+        out.push_str(&format!(
+            "deb http://{host}/mirror/{} {} {}    # upstream {}\n",
+            s.name,
+            s.suites.join(" ").split(' ').next().unwrap_or("SUITE"),
+            s.components.join(" "),
+            s.url
+        ));
+    }
+    out
+}
+
+async fn serve(
+    State(mirror): State<Arc<Mirror>>,
+    Path((source, path)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let path = match MirrorPath::try_from(path) {
+        Ok(p) => p,
+        Err(e) => return MirrorError::BadRequest(e.to_string()).into_response(),
+    };
+    let cache_control = cache_control(&path);
+    let mut response = match mirror.resolve(&source, &path).await {
+        Ok(Resolved::Blob { digest, stale }) => {
+            let mut r = ServeFile::new(mirror.blob_path(&digest))
+                .with_buf_chunk_size(SERVE_CHUNK)
+                .oneshot(request)
+                .await
+                .map(|r| r.map(Body::new))
+                .unwrap_or_else(|e| match e {});
+            let outcome = if stale { "stale" } else { "hit" };
+            r.headers_mut()
+                .insert("x-aptgate-cache", HeaderValue::from_static(outcome));
+            if stale {
+                r.headers_mut().insert(
+                    header::WARNING,
+                    HeaderValue::from_static("110 aptgate \"Response is Stale\""),
+                );
+            }
+            r
+        }
+        Ok(Resolved::Streaming(flight)) => {
+            let size = flight.size;
+            let body = if request.method() == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from_stream(flight.body())
+            };
+            let mut r = Response::new(body);
+            let headers = r.headers_mut();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert("x-aptgate-cache", HeaderValue::from_static("miss"));
+            r
+        }
+        Ok(Resolved::PassThrough(upstream)) => {
+            let mut r = Response::builder().status(StatusCode::OK);
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::LAST_MODIFIED,
+            ] {
+                if let Some(v) = upstream.headers().get(&name) {
+                    r = r.header(name, v);
+                }
+            }
+            let body = if request.method() == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from_stream(upstream.bytes_stream())
+            };
+            let mut r = r.body(body).expect("valid response parts");
+            r.headers_mut()
+                .insert("x-aptgate-cache", HeaderValue::from_static("bypass"));
+            return r;
+        }
+        Err(e) => return e.into_response(),
+    };
+    if response.status().is_success() {
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        if let Some(len) = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            mirror
+                .metrics()
+                .bytes_served
+                .fetch_add(len, Ordering::Relaxed);
+        }
+    }
+    response
+}
+
+/// Release files change; by-hash and pool files never do (a new version has a new name).
+fn cache_control(path: &MirrorPath) -> &'static str {
+    let p = path.as_str();
+    if p.ends_with("/InRelease") || p.ends_with("/Release") || p.ends_with("/Release.gpg") {
+        "no-cache"
+    } else if p.starts_with("pool/") || p.contains("/by-hash/") {
+        "public, max-age=31536000, immutable"
+    } else {
+        "public, max-age=300"
+    }
+}

@@ -1,0 +1,88 @@
+//! The aptgate server: composes the domain crates' state and routers. Domain logic lives in
+//! the crates (`mirror/`, `channels/`, …); this crate only wires them together.
+
+use anyhow::Context;
+use aptgate_config::{Config, SourceConfig};
+use aptgate_mirror::Mirror;
+use axum::extract::{FromRef, State};
+use axum::routing::get;
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything the routes share.
+#[derive(Clone)]
+pub struct AppState {
+    pub mirror: Arc<Mirror>,
+}
+
+impl FromRef<AppState> for Arc<Mirror> {
+    fn from_ref(state: &AppState) -> Self {
+        state.mirror.clone()
+    }
+}
+
+impl AppState {
+    /// Opens the store and loads every source's keyring; `sources` is the resolved list
+    /// (see [`resolve_sources`]).
+    pub fn open(config: &Config, sources: &[SourceConfig]) -> anyhow::Result<Self> {
+        let mirror = Mirror::new(&config.data_dir, sources, &config.mirror)
+            .with_context(|| format!("cannot open the mirror in {}", config.data_dir.display()))?;
+        Ok(Self { mirror })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(aptgate_mirror::routes())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    state.mirror.metrics().render()
+}
+
+/// The configured sources, or — when none are configured — the host's own apt sources.
+pub fn resolve_sources(config: &Config) -> anyhow::Result<Vec<SourceConfig>> {
+    if !config.sources.is_empty() {
+        return Ok(config.sources.clone());
+    }
+    let dir = &config.host_apt.dir;
+    let import = aptgate_config::host_sources(dir);
+    for skipped in &import.skipped {
+        let at = match skipped.line {
+            Some(line) => format!("{}:{line}", skipped.file.display()),
+            None => skipped.file.display().to_string(),
+        };
+        tracing::warn!(entry = %at, reason = %skipped.reason, "skipped a host apt source");
+    }
+    if import.sources.is_empty() {
+        anyhow::bail!(
+            "no sources configured and none could be imported from {}\n\
+             hint: add [[sources]] to the configuration file (see config/aptgate.example.toml)",
+            dir.display()
+        );
+    }
+    for s in &import.sources {
+        tracing::info!(
+            source = %s.name, url = %s.url, suites = %s.suites.join(","),
+            components = %s.components.join(","),
+            "imported host apt source"
+        );
+    }
+    Ok(import.sources)
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,216 @@
+//! The test app: a real aptgate server on `127.0.0.1:0` in front of a fixture upstream.
+
+use crate::fixture::FixtureRepo;
+use crate::upstream::Upstream;
+use aptgate::AppState;
+use aptgate_config::{Config, MirrorConfig, SourceConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The source name tests use for the fixture upstream.
+pub const SOURCE: &str = "fixture";
+
+/// A running aptgate. Dropping it stops the server; the data directory stays with the
+/// `TempDir` the caller passed (so a test can restart on the same data).
+pub struct TestApp {
+    pub url: String,
+    pub state: AppState,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A source entry pointing at `upstream`, trusting the fixture's key.
+pub fn fixture_source(upstream: &Upstream, repo: &FixtureRepo) -> SourceConfig {
+    SourceConfig {
+        name: SOURCE.parse().expect("valid source name"),
+        url: upstream.url().parse().expect("valid upstream URL"),
+        suites: repo.spec.suites.clone(),
+        components: repo.spec.components.clone(),
+        architectures: repo.spec.architectures.clone(),
+        keyring: vec![repo.key_path()],
+        inline_keys: Vec::new(),
+    }
+}
+
+/// Mirror settings for tests: short timeouts so failure tests finish quickly.
+pub fn test_mirror_config(upstream: &Upstream) -> MirrorConfig {
+    MirrorConfig {
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        extra_ca_certs: upstream
+            .ca_cert_path()
+            .map(Path::to_owned)
+            .into_iter()
+            .collect(),
+        ..MirrorConfig::default()
+    }
+}
+
+impl TestApp {
+    /// Starts aptgate with one source (`fixture`) in front of `upstream`.
+    pub async fn start(data_dir: &Path, upstream: &Upstream, repo: &FixtureRepo) -> TestApp {
+        Self::start_with(
+            data_dir,
+            vec![fixture_source(upstream, repo)],
+            test_mirror_config(upstream),
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        data_dir: &Path,
+        sources: Vec<SourceConfig>,
+        mirror: MirrorConfig,
+    ) -> TestApp {
+        let config = Config {
+            data_dir: data_dir.to_owned(),
+            sources,
+            mirror,
+            ..Config::default()
+        };
+        let state = AppState::open(&config, &config.sources).expect("aptgate starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(aptgate::serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            url,
+            state,
+            config,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/mirror/fixture`, the URI apt is pointed at.
+    pub fn mirror_uri(&self) -> String {
+        format!("{}/mirror/{SOURCE}", self.url)
+    }
+
+    pub fn mirror_url(&self, path: &str) -> String {
+        format!("{}/{path}", self.mirror_uri())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Where the store keeps the blob with this hex digest.
+    pub fn blob_path(&self, sha256_hex: &str) -> PathBuf {
+        self.state
+            .mirror
+            .store()
+            .blob_path(&aptgate_mirror::Sha256::from_hex(sha256_hex).expect("hex digest"))
+    }
+
+    /// Files left in the store's temp directory (should be none once downloads end).
+    pub fn tmp_files(&self) -> usize {
+        fs_err::read_dir(self.data_dir().join("store/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn metrics(&self) -> String {
+        self.state.mirror.metrics().render()
+    }
+
+    /// The value of one `aptgate_mirror_<name>_total` counter.
+    pub fn counter(&self, name: &str) -> u64 {
+        let prefix = format!("aptgate_mirror_{name}_total ");
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A plain HTTP client for tests (no compression, no redirects).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_gzip()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Everything an end-to-end test needs: a fixture repository, its upstream server and
+/// aptgate in front of it, all under one temp directory.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub repo: FixtureRepo,
+    pub upstream: Upstream,
+    pub app: TestApp,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with_spec(crate::fixture::FixtureSpec::default(), false).await
+    }
+
+    pub async fn with_spec(spec: crate::fixture::FixtureSpec, https: bool) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = FixtureRepo::generate(&dir.path().join("upstream"), &spec).expect("fixture");
+        let upstream = if https {
+            Upstream::start_https(repo.root().to_owned()).await
+        } else {
+            Upstream::start(repo.root().to_owned()).await
+        };
+        let app = TestApp::start(&dir.path().join("data"), &upstream, &repo).await;
+        Harness {
+            dir,
+            repo,
+            upstream,
+            app,
+        }
+    }
+
+    /// An isolated apt root whose only source is the mirror's `suite` (main and contrib).
+    pub fn apt_root(&self, name: &str, suite: &str) -> crate::apt::AptRoot {
+        let root = crate::apt::AptRoot::new(&self.dir.path().join(name)).expect("apt root");
+        root.add_source(
+            "aptgate",
+            &self.app.mirror_uri(),
+            suite,
+            &["main", "contrib"],
+            &self.repo.key_path(),
+        )
+        .expect("apt source");
+        root
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client()
+            .get(self.app.mirror_url(path))
+            .send()
+            .await
+            .expect("request to aptgate")
+    }
+}

@@ -1,0 +1,89 @@
+//! Generates and serves fixture repositories outside the test suite, for benchmarks and for
+//! poking at the mirror by hand.
+
+use std::{io::Write as _, path::PathBuf};
+
+use anyhow::Context as _;
+use aptgate_tests::{
+    fixture::{FixtureRepo, FixtureSpec},
+    upstream::{Misbehaviour, Upstream},
+};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(about = "Signed fixture apt repositories for aptgate's tests and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a signed repository to DIR; print the key path, then one line per package:
+    /// name, version, architecture, size, sha256 and pool path, tab-separated.
+    Generate {
+        dir: PathBuf,
+        /// Payload of the large package (`big-data`), in MiB.
+        #[arg(long, default_value_t = 8)]
+        large_mib: u64,
+        /// Small packages to add to the default set.
+        #[arg(long, default_value_t = 0)]
+        packages: usize,
+    },
+    /// Serve DIR over HTTP on 127.0.0.1 until interrupted; print the URL.
+    Serve {
+        dir: PathBuf,
+        /// Stream every response at about this rate.
+        #[arg(long)]
+        throttle: Option<u64>,
+        /// Port to listen on (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Generate {
+            dir,
+            large_mib,
+            packages,
+        } => {
+            let spec = FixtureSpec::default()
+                .large_payload(large_mib << 20)
+                .extra_packages(packages);
+            let repo = FixtureRepo::generate(&dir, &spec)
+                .with_context(|| format!("generating a fixture in {}", dir.display()))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "key\t{}", repo.key_path().display())?;
+            for p in repo.packages() {
+                let (name, version, arch) = (&p.name, &p.version, &p.arch);
+                let (size, sha256, pool_path) = (p.size, &p.sha256, &p.pool_path);
+                writeln!(
+                    out,
+                    "{name}\t{version}\t{arch}\t{size}\t{sha256}\t{pool_path}"
+                )?;
+            }
+        }
+        Command::Serve {
+            dir,
+            throttle,
+            port,
+        } => {
+            let upstream = Upstream::bind(dir, port, false).await?;
+            if let Some(bytes_per_sec) = throttle {
+                upstream.misbehave_all(Misbehaviour::Throttle { bytes_per_sec });
+            }
+            println!("{}", upstream.url());
+            let mut terminate = signal(SignalKind::terminate())?;
+            tokio::select! {
+                interrupted = tokio::signal::ctrl_c() => interrupted?,
+                _ = terminate.recv() => {}
+            }
+            eprintln!("served {} requests", upstream.total());
+        }
+    }
+    Ok(())
+}

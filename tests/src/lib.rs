@@ -1,0 +1,7 @@
+//! Test support: signed fixture repositories, a request-counting upstream, the test app.
+
+pub mod app;
+pub mod apt;
+pub mod fixture;
+pub mod signing;
+pub mod upstream;
