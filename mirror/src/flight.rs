@@ -16,11 +16,20 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub enum Progress {
-    /// Bytes written to the temp file so far.
+    /// Waiting for upstream's response headers.
+    Starting,
+    /// Upstream answered 200; bytes written to the temp file so far.
     Running(u64),
     /// Verified and in the store.
     Done,
-    Failed(Arc<str>),
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: Arc<str>,
+    /// Upstream answered 404 (before sending anything).
+    pub not_found: bool,
 }
 
 /// A download in progress.
@@ -42,6 +51,24 @@ struct Tail {
 }
 
 impl Flight {
+    /// Waits until upstream has answered; a failure before the first byte is returned here, so
+    /// the client gets an error status instead of a `200` that breaks off.
+    pub async fn started(&self) -> Result<(), Failure> {
+        let mut progress = self.progress.clone();
+        let state = progress
+            .wait_for(|p| !matches!(p, Progress::Starting))
+            .await
+            .map(|p| p.clone());
+        match state {
+            Ok(Progress::Failed(failure)) => Err(failure),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Failure {
+                reason: "download abandoned".into(),
+                not_found: false,
+            }),
+        }
+    }
+
     /// The blob's bytes as they arrive; ends with an error if the download fails.
     pub fn body(self: Arc<Self>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let tail = Tail {
@@ -67,9 +94,12 @@ impl Tail {
                 return Ok(None);
             }
             let available = match &*self.progress.borrow_and_update() {
+                Progress::Starting => 0,
                 Progress::Running(written) => (*written).min(size.saturating_sub(1)),
                 Progress::Done => size,
-                Progress::Failed(why) => return Err(io::Error::other(why.to_string())),
+                Progress::Failed(failure) => {
+                    return Err(io::Error::other(failure.reason.to_string()))
+                }
             };
             if self.sent < available && self.open().await? {
                 let want = (available - self.sent).min(CHUNK) as usize;

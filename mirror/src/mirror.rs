@@ -11,7 +11,7 @@
 
 use crate::digest::Sha256;
 use crate::error::MirrorError;
-use crate::flight::{Flight, Progress};
+use crate::flight::{Failure, Flight, Progress};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::packages::{self, PoolEntry};
@@ -629,9 +629,6 @@ impl Mirror {
     ) -> Result<Resolved, MirrorError> {
         if self.store.contains(&digest) {
             Metrics::inc(&self.metrics.cache_hits);
-            if path.starts_with("pool/") && self.refs.get(name, path).await.is_none() {
-                self.record_pool(name, path, digest, size).await;
-            }
             return Ok(Resolved::Blob {
                 digest,
                 stale: false,
@@ -654,7 +651,7 @@ impl Mirror {
             .store
             .writer(Expected::exactly(digest, size))
             .map_err(MirrorError::internal)?;
-        let (progress, receiver) = watch::channel(Progress::Running(0));
+        let (progress, receiver) = watch::channel(Progress::Starting);
         let flight = Arc::new(Flight {
             size,
             tmp_path: writer.tmp_path().to_owned(),
@@ -683,7 +680,10 @@ impl Mirror {
                     if failure.not_found {
                         mirror.remember_not_found(&name, &path);
                     }
-                    progress.send_replace(Progress::Failed(failure.reason.into()));
+                    progress.send_replace(Progress::Failed(Failure {
+                        reason: failure.reason.into(),
+                        not_found: failure.not_found,
+                    }));
                 }
             }
             mirror
@@ -713,6 +713,7 @@ impl Mirror {
                 reason: format!("upstream answered {}", response.status()),
             });
         }
+        progress.send_replace(Progress::Running(0));
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| DownloadFailure::new(upstream::describe(&e)))?;

@@ -41,7 +41,7 @@ async fn list_sources(State(mirror): State<Arc<Mirror>>, request: Request) -> St
         out.push_str(&format!(
             "deb http://{host}/mirror/{} {} {}    # upstream {}\n",
             s.name,
-            s.suites.join(" ").split(' ').next().unwrap_or("SUITE"),
+            s.suites.first().map(String::as_str).unwrap_or("SUITE"),
             s.components.join(" "),
             s.url
         ));
@@ -79,6 +79,19 @@ async fn serve(
             r
         }
         Ok(Resolved::Streaming(flight)) => {
+            if let Err(failure) = flight.started().await {
+                let error = if failure.not_found {
+                    MirrorError::NotFound {
+                        what: path.to_string(),
+                    }
+                } else {
+                    MirrorError::Upstream {
+                        url: path.to_string(),
+                        reason: failure.reason.to_string(),
+                    }
+                };
+                return error.into_response();
+            }
             let size = flight.size;
             let body = if request.method() == Method::HEAD {
                 Body::empty()

@@ -496,3 +496,29 @@ async fn health_and_metrics_endpoints() {
     assert!(h.app.counter("bytes_served") > 0);
     assert!(h.app.counter("cache_misses") >= 1);
 }
+
+/// A failure before the first byte is an error status, not a 200 that breaks off.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_errors_before_the_first_byte_are_error_statuses() {
+    let h = Harness::new().await;
+    prime(&h).await;
+    let hello = h.repo.package_in("stable", "hello", "amd64").clone();
+    h.upstream
+        .misbehave_times(&hello.pool_path, Misbehaviour::Status(500), 1);
+    let r = h.get(&hello.pool_path).await;
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("500"), "{body}");
+
+    let libfoo = h.repo.package_in("stable", "libfoo1", "amd64").clone();
+    fs_err::remove_file(h.repo.path(&libfoo.pool_path)).unwrap();
+    assert_eq!(h.get(&libfoo.pool_path).await.status(), 404);
+
+    // The 500 was not remembered: the next request fetches and serves the file.
+    let r = h.get(&hello.pool_path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        hex::encode(Sha256::digest(r.bytes().await.unwrap())),
+        hello.sha256
+    );
+}
