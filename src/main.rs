@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use aptgate::{resolve_sources, AppState};
-use aptgate_config::{load, Config, LoadOptions};
+use aptgate_config::{load, Config, LoadOptions, Override};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -85,11 +85,18 @@ fn load_config(cli: &Cli) -> anyhow::Result<aptgate_config::Loaded> {
         default.is_file().then_some(default)
     });
     let mut overrides = Vec::new();
+    let mut flag = |key: &str, value: String, flag: &str| {
+        overrides.push(Override {
+            key: key.to_owned(),
+            value,
+            flag: flag.to_owned(),
+        })
+    };
     if let Some(dir) = &cli.data_dir {
-        overrides.push(("data_dir".to_owned(), dir.display().to_string()));
+        flag("data_dir", dir.display().to_string(), "--data-dir");
     }
     if let Some(listen) = &cli.listen {
-        overrides.push(("server.listen".to_owned(), listen.to_string()));
+        flag("server.listen", listen.to_string(), "--listen");
     }
     Ok(load(&LoadOptions {
         file,

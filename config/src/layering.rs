@@ -16,8 +16,18 @@ pub struct LoadOptions {
     pub file: Option<PathBuf>,
     /// The process environment; only `APTGATE_…` variables are read.
     pub env: Vec<(String, String)>,
-    /// Command-line flags as dotted keys (`server.listen`) and their text.
-    pub overrides: Vec<(String, String)>,
+    /// Command-line flags: the setting each one overrides.
+    pub overrides: Vec<Override>,
+}
+
+/// A command-line flag that sets one configuration key.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The dotted key (`server.listen`).
+    pub key: String,
+    pub value: String,
+    /// The flag as the user typed it (`--listen`), for `config show`.
+    pub flag: String,
 }
 
 /// Where a value came from.
@@ -26,6 +36,7 @@ pub enum Origin {
     Default,
     File(PathBuf),
     Env(String),
+    /// The flag, e.g. `--listen`.
     Cli(String),
 }
 
@@ -35,7 +46,7 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("default"),
             Origin::File(p) => write!(f, "file {}", p.display()),
             Origin::Env(var) => write!(f, "env {var}"),
-            Origin::Cli(key) => write!(f, "cli --{}", key.replace(['.', '_'], "-")),
+            Origin::Cli(flag) => write!(f, "cli {flag}"),
         }
     }
 }
@@ -87,9 +98,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             path: path.clone(),
             source,
         })?;
+        // The full TOML error shows the line, column and the offending text.
         let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
-            message: e.message().to_owned(),
+            message: e.to_string().trim_end().to_owned(),
         })?;
         leaves(&table, "", &mut |key| {
             origins.insert(top_level_array(&key), Origin::File(path.clone()));
@@ -108,8 +120,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         let key = rest.to_lowercase().replace("__", ".");
         layered.push((key, value.clone(), Origin::Env(var.clone())));
     }
-    for (key, value) in &opts.overrides {
-        layered.push((key.clone(), value.clone(), Origin::Cli(key.clone())));
+    for o in &opts.overrides {
+        layered.push((o.key.clone(), o.value.clone(), Origin::Cli(o.flag.clone())));
     }
     for (key, text, origin) in layered {
         if !scalar_keys.contains(&key) {

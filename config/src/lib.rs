@@ -11,7 +11,7 @@ mod layering;
 mod names;
 
 pub use host_apt::{host_sources, HostImport, SkippedEntry};
-pub use layering::{load, ConfigError, LoadOptions, Loaded, Origin};
+pub use layering::{load, ConfigError, LoadOptions, Loaded, Origin, Override};
 pub use names::{InvalidName, SourceName};
 
 use serde::{Deserialize, Serialize};

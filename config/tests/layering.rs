@@ -1,6 +1,6 @@
 //! Loading: the shipped example parses; layers override in order and report their origin.
 
-use aptgate_config::{load, LoadOptions, Origin};
+use aptgate_config::{load, LoadOptions, Origin, Override};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,7 +40,11 @@ fn layers_override_in_order_and_remember_their_origin() {
             ("APTGATE_LOG".into(), "debug".into()),
             ("PATH".into(), "/bin".into()),
         ],
-        overrides: vec![("server.listen".into(), "127.0.0.1:3".into())],
+        overrides: vec![Override {
+            key: "server.listen".into(),
+            value: "127.0.0.1:3".into(),
+            flag: "--listen".into(),
+        }],
     })
     .unwrap();
     let c = &loaded.config;
@@ -51,7 +55,7 @@ fn layers_override_in_order_and_remember_their_origin() {
     assert_eq!(loaded.origins["data_dir"], Origin::File(file.clone()));
     assert_eq!(
         loaded.origins["server.listen"],
-        Origin::Cli("server.listen".into())
+        Origin::Cli("--listen".into())
     );
     assert_eq!(
         loaded.origins["mirror.negative_cache"],

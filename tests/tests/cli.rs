@@ -65,7 +65,7 @@ fn config_show_reports_values_and_where_they_came_from() {
         "{text}"
     );
     assert!(
-        line("listen").contains("127.0.0.1:9999") && line("listen").contains("cli"),
+        line("listen").contains("127.0.0.1:9999") && line("listen").contains("cli --listen"),
         "{text}"
     );
     assert!(
