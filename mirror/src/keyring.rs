@@ -102,7 +102,12 @@ impl Keyring {
         if !verified {
             return Err(self.unknown_signer(message.signatures()));
         }
-        Ok(signed.replace("\r\n", "\n"))
+        // The cleartext framework drops the final line break; deb822 text ends with one.
+        let mut text = signed.replace("\r\n", "\n");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(text)
     }
 
     /// Verifies an armored detached signature (`Release.gpg`) over `data` (`Release`).
@@ -185,4 +190,93 @@ fn parse_detached(signature: &[u8]) -> Result<Vec<StandaloneSignature>, Signatur
         return Err(SignatureError::BadDetached("no signature packet".into()));
     }
     Ok(sigs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use debian_packaging::signing_key::{
+        create_self_signed_key, signing_secret_key_params_builder,
+    };
+    use pgp::crypto::hash::HashAlgorithm;
+    use pgp::{KeyType, SignedSecretKey, SubkeyParamsBuilder};
+
+    /// A key shaped like Debian's archive keys: the primary only certifies, a subkey signs.
+    fn key_with_signing_subkey(user: &str) -> (SignedSecretKey, SignedPublicKey) {
+        let mut params = signing_secret_key_params_builder(user);
+        params.can_sign(false).can_certify(true).subkey(
+            SubkeyParamsBuilder::default()
+                .key_type(KeyType::Rsa(2048))
+                .can_sign(true)
+                .build()
+                .unwrap(),
+        );
+        create_self_signed_key(params.build().unwrap(), String::new).unwrap()
+    }
+
+    fn sign_with_subkey(secret: &SignedSecretKey, text: &str) -> String {
+        pgp_cleartext::cleartext_sign(
+            &secret.secret_subkeys[0],
+            String::new,
+            HashAlgorithm::SHA2_256,
+            Cursor::new(text.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_subkey_signatures_from_binary_and_armored_keyrings() {
+        let (secret, public) = key_with_signing_subkey("sub <sub@aptgate.invalid>");
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("archive.gpg");
+        fs_err::write(&binary, pgp::ser::Serialize::to_bytes(&public).unwrap()).unwrap();
+        let armored = dir.path().join("archive.asc");
+        fs_err::write(
+            &armored,
+            public.to_armored_string(Default::default()).unwrap(),
+        )
+        .unwrap();
+
+        let text = "Origin: Test\nSuite: stable\nDate: Sat, 21 Nov 2026 10:00:00 UTC\n";
+        let document = sign_with_subkey(&secret, text);
+        for keyring in [&binary, &armored] {
+            let keyring = Keyring::load(std::slice::from_ref(keyring), &[]).unwrap();
+            assert_eq!(keyring.verify_cleartext(&document).unwrap(), text);
+        }
+        let inline = Keyring::load(
+            &[],
+            &[public.to_armored_string(Default::default()).unwrap()],
+        )
+        .unwrap();
+        assert!(inline.verify_cleartext(&document).is_ok());
+
+        // Tampered text, another key, and no signature at all are refused.
+        let keyring = Keyring::load(&[binary], &[]).unwrap();
+        let tampered = document.replace("Suite: stable", "Suite: stablE");
+        assert!(matches!(
+            keyring.verify_cleartext(&tampered),
+            Err(SignatureError::UnknownSigner { .. })
+        ));
+        let (other, _) = key_with_signing_subkey("other <other@aptgate.invalid>");
+        let foreign = sign_with_subkey(&other, text);
+        let err = keyring.verify_cleartext(&foreign).unwrap_err().to_string();
+        assert!(err.contains("no key in the keyring"), "{err}");
+        assert!(matches!(
+            keyring.verify_cleartext(text),
+            Err(SignatureError::NotSigned(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_without_keys_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.gpg");
+        fs_err::write(&empty, b"not a key").unwrap();
+        let err = Keyring::load(std::slice::from_ref(&empty), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty.gpg"), "{err}");
+        let missing = Keyring::load(&[dir.path().join("missing.asc")], &[]).unwrap_err();
+        assert!(matches!(missing, KeyringError::Read { .. }));
+    }
 }
