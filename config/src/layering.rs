@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use toml::{Table, Value};
 
 /// Environment variables the CLI reads itself; they are not configuration keys.
-const NOT_KEYS: &[&str] = &["APTGATE_CONFIG", "APTGATE_LOG"];
+const NOT_KEYS: &[&str] = &["APTGATE_CONFIG", "APTGATE_LOG", "APTGATE_LOG_FORMAT"];
 
 #[derive(Debug, Default, Clone)]
 pub struct LoadOptions {
