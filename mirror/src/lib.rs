@@ -12,6 +12,7 @@ pub mod path;
 pub mod refs;
 pub mod release;
 pub mod routes;
+mod small;
 pub mod store;
 pub mod upstream;
 

@@ -518,19 +518,18 @@ impl Mirror {
         source: &Source,
         path: &str,
     ) -> Result<Resolved, MirrorError> {
-        let expected = match self.pool_entry(name, path) {
-            Some(e) => Some(e),
-            None => match self.refs.get(name, path).await {
-                Some(r) => Some(PoolEntry {
-                    sha256: r.sha256,
-                    size: r.size,
-                }),
-                None => {
-                    self.load_stored_indices(name).await;
-                    self.pool_entry(name, path)
-                }
-            },
-        };
+        // The verified indices first (loaded from the store once per process), then the
+        // record of an earlier download.
+        let mut expected = self.pool_entry(name, path);
+        if expected.is_none() && self.load_stored_indices(name).await {
+            expected = self.pool_entry(name, path);
+        }
+        if expected.is_none() {
+            expected = self.refs.get(name, path).await.map(|r| PoolEntry {
+                sha256: r.sha256,
+                size: r.size,
+            });
+        }
         match expected {
             Some(e) => {
                 self.blob_or_fetch(name, source, path, e.sha256, e.size)
@@ -549,18 +548,18 @@ impl Mirror {
     }
 
     /// Reads the `Packages` indices this source has in the store (once per process), so pool
-    /// files can be checked after a restart.
-    async fn load_stored_indices(&self, name: &SourceName) {
+    /// files can be checked after a restart. Returns whether this call loaded them.
+    async fn load_stored_indices(&self, name: &SourceName) -> bool {
         let mut loaded = self.sources_loaded.lock().await;
         if !loaded.insert(name.clone()) {
-            return;
+            return false;
         }
         let Some(source) = self.sources.get(name) else {
-            return;
+            return false;
         };
         let dists = self.refs_root(name).join("dists");
         let Ok(suites) = fs_err::read_dir(&dists) else {
-            return;
+            return true;
         };
         for suite in suites.flatten() {
             let Some(suite) = suite.file_name().to_str().map(str::to_owned) else {
@@ -575,6 +574,7 @@ impl Mirror {
                 }
             }
         }
+        true
     }
 
     fn refs_root(&self, name: &SourceName) -> std::path::PathBuf {

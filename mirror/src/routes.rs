@@ -3,6 +3,7 @@
 use crate::error::MirrorError;
 use crate::mirror::{Mirror, Resolved};
 use crate::path::MirrorPath;
+use crate::small;
 use axum::body::Body;
 use axum::extract::{FromRef, Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -61,12 +62,17 @@ async fn serve(
     let cache_control = cache_control(&path);
     let mut response = match mirror.resolve(&source, &path).await {
         Ok(Resolved::Blob { digest, stale }) => {
-            let mut r = ServeFile::new(mirror.blob_path(&digest))
-                .with_buf_chunk_size(SERVE_CHUNK)
-                .oneshot(request)
-                .await
-                .map(|r| r.map(Body::new))
-                .unwrap_or_else(|e| match e {});
+            let blob = mirror.blob_path(&digest);
+            let small = small::serve(&blob, &digest, request.method(), request.headers());
+            let mut r = match small {
+                Some(r) => r,
+                None => ServeFile::new(blob)
+                    .with_buf_chunk_size(SERVE_CHUNK)
+                    .oneshot(request)
+                    .await
+                    .map(|r| r.map(Body::new))
+                    .unwrap_or_else(|e| match e {}),
+            };
             let outcome = if stale { "stale" } else { "hit" };
             r.headers_mut()
                 .insert("x-aptgate-cache", HeaderValue::from_static(outcome));

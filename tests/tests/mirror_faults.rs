@@ -243,6 +243,55 @@ async fn range_and_conditional_requests_work_even_when_upstream_ignores_range() 
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), &full[full.len() - 10..]);
     assert_eq!(h.upstream.count(&big.pool_path), 1);
+
+    // Small blobs take a different serving path: the same semantics, plus a strong ETag.
+    let small = h.repo.package_in("stable", "hello", "amd64").clone();
+    let full = read_body(h.get(&small.pool_path).await).await.unwrap();
+    let head = client()
+        .head(h.app.mirror_url(&small.pool_path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers()["content-length"],
+        small.size.to_string().as_str()
+    );
+    let etag = head.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", small.sha256));
+    let with = |name: &'static str, value: String| {
+        client()
+            .get(h.app.mirror_url(&small.pool_path))
+            .header(name, value)
+    };
+    let r = with("if-none-match", etag.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    let lm = head.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert_eq!(
+        with("if-modified-since", lm).send().await.unwrap().status(),
+        304
+    );
+    let r = with("range", "bytes=10-19".into())
+        .header("if-range", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{}", small.size).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), &full[10..20]);
+    let r = with("range", "bytes=0-9".into())
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a stale If-Range gets the whole file");
+    let r = with("range", format!("bytes={}-", small.size))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
 }
 
 #[tokio::test(flavor = "multi_thread")]
