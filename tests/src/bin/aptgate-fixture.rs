@@ -5,7 +5,7 @@ use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use aptgate_tests::{
-    fixture::{FixtureRepo, FixtureSpec},
+    fixture::{FixtureRepo, FixtureSpec, PackageSpec},
     upstream::{Misbehaviour, Upstream},
 };
 use clap::{Parser, Subcommand};
@@ -27,6 +27,9 @@ enum Command {
         /// Payload of the large package (`big-data`), in MiB.
         #[arg(long, default_value_t = 8)]
         large_mib: u64,
+        /// Payload of `medium-data` (main, all), in KiB: the benchmark's ~1 MiB `.deb`.
+        #[arg(long, default_value_t = 1024)]
+        medium_kib: u64,
         /// Small packages to add to the default set.
         #[arg(long, default_value_t = 0)]
         packages: usize,
@@ -49,11 +52,22 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate {
             dir,
             large_mib,
+            medium_kib,
             packages,
         } => {
-            let spec = FixtureSpec::default()
+            let mut spec = FixtureSpec::default()
                 .large_payload(large_mib << 20)
                 .extra_packages(packages);
+            spec.packages.push(
+                PackageSpec::new(
+                    "medium-data",
+                    "1.0-1",
+                    "all",
+                    "main",
+                    &["stable", "testing"],
+                )
+                .payload(medium_kib << 10),
+            );
             let repo = FixtureRepo::generate(&dir, &spec)
                 .with_context(|| format!("generating a fixture in {}", dir.display()))?;
             let mut out = std::io::stdout().lock();
