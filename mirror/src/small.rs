@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SMALL_BLOB: u64 = 2 << 20;
 
 /// The most memory bodies read whole may hold at once; it bounds RSS under many clients.
-pub const MEMORY_BUDGET: u64 = 64 << 20;
+pub const MEMORY_BUDGET: u64 = 32 << 20;
 
 static IN_MEMORY: AtomicU64 = AtomicU64::new(0);
 
