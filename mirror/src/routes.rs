@@ -15,8 +15,10 @@ use std::sync::Arc;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-/// Larger reads than tower-http's 64 KiB default: fewer trips through the blocking pool.
-const SERVE_CHUNK: usize = 1 << 20;
+/// Reads for streamed (large) blobs: larger than tower-http's 64 KiB default for fewer trips
+/// through the blocking pool, small enough that each connection holds little (measured on a
+/// 50 MiB file, 16 connections: 1 MiB chunks 93 MB peak RSS, 256 KiB 37 MB, same throughput).
+const SERVE_CHUNK: usize = 256 * 1024;
 
 pub fn routes<S>() -> Router<S>
 where
