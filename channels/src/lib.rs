@@ -1,8 +1,12 @@
 //! Snapshots, channels and publishing.
 //!
-//! This crate will own immutable snapshots of upstream state (membership held as
-//! content-addressed index files), channels that point at snapshots (`testing`, `approved`,
-//! `site-…`), promotion between them with holds, rollback and an audit trail, and the
-//! signed apt repositories each channel is published as under `/channels/<channel>/`.
-//! Nothing is implemented yet: see issue "Snapshots, staged channels, promotion and signed
-//! publishing".
+//! Built so far: the [`catalog`] — packages known by content (once per sha256, with when each
+//! version was first seen), snapshots (immutable; membership held as content-addressed
+//! manifest blobs, never one row per package) and the audit log — on SQLite or PostgreSQL.
+//!
+//! Still to come (issue "Snapshots, staged channels, promotion and signed publishing"): sync
+//! creating snapshots, channels that point at snapshots (`testing`, `approved`, `site-…`),
+//! promotion with holds, rollback and rules, and the signed apt repository each channel is
+//! published as under `/channels/<channel>/`.
+
+pub mod catalog;

@@ -1,0 +1,287 @@
+//! The catalog: metadata in SQL, on SQLite (a file in the data directory, the zero-set-up
+//! default) or PostgreSQL (production, several server instances).
+//!
+//! Queries are written once, in the dialect both backends run (`$1` placeholders,
+//! `ON CONFLICT`, integer unix timestamps, hex digests as text), over `sqlx::AnyPool`.
+//! Migrations live side by side in `channels/migrations/{sqlite,postgres}/` and run at open.
+//! Snapshot membership is never stored one row per package: see [`Snapshot`].
+
+mod model;
+mod queries;
+
+pub use model::*;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::path::Path;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("unsupported database URL {0:?}\nhint: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot connect to the catalog at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot bring the catalog schema at {url} up to date")]
+    Migrate {
+        url: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("catalog query failed: {what}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("catalog holds an invalid {what}: {value:?}")]
+    Corrupt { what: &'static str, value: String },
+    #[error("invalid {what} {value:?}\nhint: digests are 64 lowercase hex characters (sha256)")]
+    InvalidDigest { what: &'static str, value: String },
+    #[error("cannot encode the sources of snapshot {id}")]
+    Encode {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle to the catalog; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Catalog {
+    /// The default catalog: a SQLite file in the data directory.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("catalog.sqlite3").display()
+        )
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(CatalogError::UnsupportedUrl(redact(url)));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed during a write; the busy timeout makes
+                        // writers queue instead of failing.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                             PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|source| CatalogError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        let migrations = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let catalog = Self { pool, backend };
+        catalog
+            .run_migrations(migrations)
+            .await
+            .map_err(|source| CatalogError::Migrate {
+                url: redact(url),
+                source,
+            })?;
+        Ok(catalog)
+    }
+
+    async fn run_migrations(
+        &self,
+        migrations: &Migrator,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
+        migrations.run(&self.pool).await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Several writes that land together or not at all.
+    pub async fn begin(&self) -> Result<CatalogTx> {
+        let tx = self.pool.begin().await.map_err(query("begin"))?;
+        Ok(CatalogTx(tx))
+    }
+
+    /// Records packages (once per sha256) and when each name/version/architecture was first
+    /// seen; returns how many packages were new.
+    pub async fn upsert_packages(&self, packages: &[NewPackage], now: i64) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let inserted = tx.upsert_packages(packages, now).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub async fn package(&self, sha256: &str) -> Result<Option<Package>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::package(&mut conn, sha256).await
+    }
+
+    pub async fn first_seen(&self, name: &str, version: &str, arch: &str) -> Result<Option<i64>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::first_seen(&mut conn, name, version, arch).await
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::snapshot(&mut conn, id).await
+    }
+
+    pub async fn snapshot_by_name(&self, name: &str) -> Result<Option<Snapshot>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::snapshot_by_name(&mut conn, name).await
+    }
+
+    /// Records a snapshot on its own; use [`begin`](Self::begin) to audit it atomically.
+    pub async fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::insert_snapshot(&mut conn, snapshot).await
+    }
+
+    /// Appends an audit entry on its own; returns its id.
+    pub async fn append_audit(&self, entry: &NewAuditEntry) -> Result<i64> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::append_audit(&mut conn, entry).await
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::list_snapshots(&mut conn).await
+    }
+
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::audit(&mut conn, filter).await
+    }
+}
+
+/// Writes inside one transaction; dropped without [`commit`](Self::commit), it rolls back.
+pub struct CatalogTx(Transaction<'static, Any>);
+
+impl CatalogTx {
+    pub async fn commit(self) -> Result<()> {
+        self.0.commit().await.map_err(query("commit"))
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.0.rollback().await.map_err(query("rollback"))
+    }
+
+    pub async fn upsert_packages(&mut self, packages: &[NewPackage], now: i64) -> Result<u64> {
+        queries::upsert_packages(&mut self.0, packages, now).await
+    }
+
+    pub async fn insert_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        queries::insert_snapshot(&mut self.0, snapshot).await
+    }
+
+    /// Appends an audit entry; returns its id.
+    pub async fn append_audit(&mut self, entry: &NewAuditEntry) -> Result<i64> {
+        queries::append_audit(&mut self.0, entry).await
+    }
+
+    pub async fn package(&mut self, sha256: &str) -> Result<Option<Package>> {
+        queries::package(&mut self.0, sha256).await
+    }
+
+    pub async fn first_seen(
+        &mut self,
+        name: &str,
+        version: &str,
+        arch: &str,
+    ) -> Result<Option<i64>> {
+        queries::first_seen(&mut self.0, name, version, arch).await
+    }
+
+    pub async fn snapshot(&mut self, id: &str) -> Result<Option<Snapshot>> {
+        queries::snapshot(&mut self.0, id).await
+    }
+
+    pub async fn snapshot_by_name(&mut self, name: &str) -> Result<Option<Snapshot>> {
+        queries::snapshot_by_name(&mut self.0, name).await
+    }
+
+    pub async fn list_snapshots(&mut self) -> Result<Vec<Snapshot>> {
+        queries::list_snapshots(&mut self.0).await
+    }
+
+    pub async fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        queries::audit(&mut self.0, filter).await
+    }
+}
+
+fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> CatalogError {
+    move |source| CatalogError::Query { what, source }
+}
+
+/// Drops a password from a URL before it reaches a message or a log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://app:secret@db.example.org/aptgate"),
+            "postgres://app:***@db.example.org/aptgate"
+        );
+        assert_eq!(
+            super::redact("sqlite:///x?mode=rwc"),
+            "sqlite:///x?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The catalog's domain types: what callers hand in and get back (rows stay private).
+
+use std::fmt;
+
+/// A `.deb` as a verified `Packages` index describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPackage {
+    /// Lowercase hex.
+    pub sha256: String,
+    pub name: String,
+    /// The exact version string: it is identity, never normalised.
+    pub version: String,
+    pub architecture: String,
+    /// The source package (`Source:`, or the package's own name).
+    pub source: String,
+    pub size: u64,
+    /// Upstream `Filename:`.
+    pub pool_path: String,
+    /// The raw control stanza.
+    pub control: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub package: NewPackage,
+    /// Unix seconds when this exact file was first recorded.
+    pub first_seen: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Sync,
+    Filter,
+    Merge,
+    Pull,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Filter => "filter",
+            Self::Merge => "merge",
+            Self::Pull => "pull",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Sync, Self::Filter, Self::Merge, Self::Pull]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// An immutable view of sources at one moment. Its membership is the manifest blob (a
+/// content-addressed file listing the index files per suite/component/architecture).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: Option<String>,
+    pub created_at: i64,
+    pub kind: SnapshotKind,
+    pub description: String,
+    pub manifest_sha256: String,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Sync,
+    Snapshot,
+    Promote,
+    Hold,
+    Release,
+    Rollback,
+    Key,
+}
+
+impl AuditAction {
+    pub const ALL: [Self; 7] = [
+        Self::Sync,
+        Self::Snapshot,
+        Self::Promote,
+        Self::Hold,
+        Self::Release,
+        Self::Rollback,
+        Self::Key,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Snapshot => "snapshot",
+            Self::Promote => "promote",
+            Self::Hold => "hold",
+            Self::Release => "release",
+            Self::Rollback => "rollback",
+            Self::Key => "key",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One recorded change: who did what, when, to which channel, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: AuditAction,
+    pub channel: Option<String>,
+    pub from_snapshot: Option<String>,
+    pub to_snapshot: Option<String>,
+    pub comment: Option<String>,
+    /// A short machine-readable summary (JSON), e.g. a diff's counts.
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub entry: NewAuditEntry,
+}
+
+/// Which audit entries to return, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub channel: Option<String>,
+    pub action: Option<AuditAction>,
+    /// Only entries at or after this time (unix seconds).
+    pub since: Option<i64>,
+    /// At most this many; `None` means 100.
+    pub limit: Option<i64>,
+}

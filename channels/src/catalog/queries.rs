@@ -1,0 +1,331 @@
+//! The SQL, written once for both backends. Functions take a connection so the same query
+//! serves a plain call and a transaction.
+
+use super::model::*;
+use super::{query, CatalogError, Result};
+use sqlx::{AnyConnection, FromRow};
+use std::fmt::Write;
+
+/// Rows per multi-row INSERT: 500 × 9 parameters stays under every backend's limit.
+const CHUNK: usize = 500;
+
+/// `($1,$2,…),($n,…)` for `rows` rows of `columns` parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ",(" });
+        for col in 0..columns {
+            if col > 0 {
+                sql.push(',');
+            }
+            let _ = write!(sql, "${}", row * columns + col + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Digests are stored as lowercase hex; anything else would silently miss on lookup.
+fn check_digest(what: &'static str, value: &str) -> Result<()> {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        Ok(())
+    } else {
+        Err(CatalogError::InvalidDigest {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+pub async fn upsert_packages(
+    conn: &mut AnyConnection,
+    packages: &[NewPackage],
+    now: i64,
+) -> Result<u64> {
+    for p in packages {
+        check_digest("package sha256", &p.sha256)?;
+    }
+    let mut inserted = 0;
+    for chunk in packages.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO packages (sha256, name, version, architecture, source, size, pool_path, \
+             control, first_seen) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+            placeholders(chunk.len(), 9)
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(&p.sha256)
+                .bind(&p.name)
+                .bind(&p.version)
+                .bind(&p.architecture)
+                .bind(&p.source)
+                .bind(p.size as i64)
+                .bind(&p.pool_path)
+                .bind(&p.control)
+                .bind(now);
+        }
+        inserted += q
+            .execute(&mut *conn)
+            .await
+            .map_err(query("insert packages"))?
+            .rows_affected();
+
+        let sql = format!(
+            "INSERT INTO package_versions_seen (name, version, architecture, first_seen) \
+             VALUES {} ON CONFLICT (name, version, architecture) DO NOTHING",
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(&p.name)
+                .bind(&p.version)
+                .bind(&p.architecture)
+                .bind(now);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(query("record versions seen"))?;
+    }
+    Ok(inserted)
+}
+
+#[derive(FromRow)]
+struct PackageRow {
+    sha256: String,
+    name: String,
+    version: String,
+    architecture: String,
+    source: String,
+    size: i64,
+    pool_path: String,
+    control: String,
+    first_seen: i64,
+}
+
+pub async fn package(conn: &mut AnyConnection, sha256: &str) -> Result<Option<Package>> {
+    let row = sqlx::query_as::<_, PackageRow>(
+        "SELECT sha256, name, version, architecture, source, size, pool_path, control, \
+         first_seen FROM packages WHERE sha256 = $1",
+    )
+    .bind(sha256)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(query("read package"))?;
+    Ok(row.map(|r| Package {
+        package: NewPackage {
+            sha256: r.sha256,
+            name: r.name,
+            version: r.version,
+            architecture: r.architecture,
+            source: r.source,
+            size: r.size as u64,
+            pool_path: r.pool_path,
+            control: r.control,
+        },
+        first_seen: r.first_seen,
+    }))
+}
+
+pub async fn first_seen(
+    conn: &mut AnyConnection,
+    name: &str,
+    version: &str,
+    arch: &str,
+) -> Result<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT first_seen FROM package_versions_seen \
+         WHERE name = $1 AND version = $2 AND architecture = $3",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(arch)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(query("read first seen"))?;
+    Ok(row.map(|r| r.0))
+}
+
+#[derive(FromRow)]
+struct SnapshotRow {
+    id: String,
+    name: Option<String>,
+    created_at: i64,
+    kind: String,
+    description: String,
+    manifest_sha256: String,
+    sources: String,
+}
+
+impl TryFrom<SnapshotRow> for Snapshot {
+    type Error = CatalogError;
+    fn try_from(r: SnapshotRow) -> Result<Self> {
+        Ok(Snapshot {
+            kind: SnapshotKind::parse(&r.kind).ok_or(CatalogError::Corrupt {
+                what: "snapshot kind",
+                value: r.kind.clone(),
+            })?,
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+            description: r.description,
+            manifest_sha256: r.manifest_sha256,
+            sources: serde_json::from_str(&r.sources).map_err(|_| CatalogError::Corrupt {
+                what: "snapshot sources",
+                value: r.sources.clone(),
+            })?,
+        })
+    }
+}
+
+const SNAPSHOT_COLUMNS: &str = "id, name, created_at, kind, description, manifest_sha256, sources";
+
+pub async fn insert_snapshot(conn: &mut AnyConnection, s: &Snapshot) -> Result<()> {
+    check_digest("snapshot manifest sha256", &s.manifest_sha256)?;
+    let sources = serde_json::to_string(&s.sources).map_err(|source| CatalogError::Encode {
+        id: s.id.clone(),
+        source,
+    })?;
+    sqlx::query(
+        "INSERT INTO snapshots (id, name, created_at, kind, description, manifest_sha256, \
+         sources) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&s.id)
+    .bind(s.name.as_deref())
+    .bind(s.created_at)
+    .bind(s.kind.as_str())
+    .bind(&s.description)
+    .bind(&s.manifest_sha256)
+    .bind(sources)
+    .execute(&mut *conn)
+    .await
+    .map_err(query("insert snapshot"))?;
+    Ok(())
+}
+
+pub async fn snapshot(conn: &mut AnyConnection, id: &str) -> Result<Option<Snapshot>> {
+    snapshot_where(conn, "id", id).await
+}
+
+pub async fn snapshot_by_name(conn: &mut AnyConnection, name: &str) -> Result<Option<Snapshot>> {
+    snapshot_where(conn, "name", name).await
+}
+
+async fn snapshot_where(
+    conn: &mut AnyConnection,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<Snapshot>> {
+    let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {column} = $1");
+    sqlx::query_as::<_, SnapshotRow>(&sql)
+        .bind(value)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query("read snapshot"))?
+        .map(Snapshot::try_from)
+        .transpose()
+}
+
+pub async fn list_snapshots(conn: &mut AnyConnection) -> Result<Vec<Snapshot>> {
+    let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY created_at, id");
+    sqlx::query_as::<_, SnapshotRow>(&sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("list snapshots"))?
+        .into_iter()
+        .map(Snapshot::try_from)
+        .collect()
+}
+
+pub async fn append_audit(conn: &mut AnyConnection, e: &NewAuditEntry) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO audit_log (at, actor, action, channel, from_snapshot, to_snapshot, \
+         comment, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(e.action.as_str())
+    .bind(e.channel.as_deref())
+    .bind(e.from_snapshot.as_deref())
+    .bind(e.to_snapshot.as_deref())
+    .bind(e.comment.as_deref())
+    .bind(e.summary.as_deref())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(query("append audit entry"))?;
+    Ok(id)
+}
+
+#[derive(FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    channel: Option<String>,
+    from_snapshot: Option<String>,
+    to_snapshot: Option<String>,
+    comment: Option<String>,
+    summary: Option<String>,
+}
+
+pub async fn audit(conn: &mut AnyConnection, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+    let mut sql = String::from(
+        "SELECT id, at, actor, action, channel, from_snapshot, to_snapshot, comment, summary \
+         FROM audit_log WHERE 1 = 1",
+    );
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if filter.channel.is_some() {
+        let _ = write!(sql, " AND channel = ${}", next());
+    }
+    if filter.action.is_some() {
+        let _ = write!(sql, " AND action = ${}", next());
+    }
+    if filter.since.is_some() {
+        let _ = write!(sql, " AND at >= ${}", next());
+    }
+    let _ = write!(sql, " ORDER BY at DESC, id DESC LIMIT ${}", next());
+    let mut q = sqlx::query_as::<_, AuditRow>(&sql);
+    if let Some(channel) = &filter.channel {
+        q = q.bind(channel);
+    }
+    if let Some(action) = filter.action {
+        q = q.bind(action.as_str());
+    }
+    if let Some(since) = filter.since {
+        q = q.bind(since);
+    }
+    q = q.bind(filter.limit.unwrap_or(100));
+    q.fetch_all(&mut *conn)
+        .await
+        .map_err(query("read audit log"))?
+        .into_iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: r.id,
+                entry: NewAuditEntry {
+                    at: r.at,
+                    actor: r.actor,
+                    action: AuditAction::parse(&r.action).ok_or(CatalogError::Corrupt {
+                        what: "audit action",
+                        value: r.action.clone(),
+                    })?,
+                    channel: r.channel,
+                    from_snapshot: r.from_snapshot,
+                    to_snapshot: r.to_snapshot,
+                    comment: r.comment,
+                    summary: r.summary,
+                },
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! Catalog storage tests. Every scenario runs on both backends, always: a fresh SQLite file
+//! and a fresh PostgreSQL database (on 127.0.0.1:5432, or `APTGATE_TEST_POSTGRES_URL`).
+
+use aptgate_channels::catalog::*;
+use std::time::Instant;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A catalog on a database that exists only for one test.
+struct TestDb {
+    catalog: Catalog,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _postgres: Option<DropDatabase>,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Catalog::sqlite_url(dir.path());
+        let catalog = Catalog::open(&url).await.unwrap();
+        TestDb {
+            catalog,
+            url,
+            _dir: Some(dir),
+            _postgres: None,
+        }
+    }
+
+    async fn postgres() -> TestDb {
+        let admin = std::env::var("APTGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| ADMIN_URL.into());
+        let name = format!("aptgate_test_{:016x}", rand::random::<u64>());
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is not reachable at {admin}: {e}\nhint: start it with \
+                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                     or set APTGATE_TEST_POSTGRES_URL"
+                )
+            });
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        // From here on the database is dropped however the test ends.
+        let guard = DropDatabase {
+            admin: admin.clone(),
+            name: name.clone(),
+        };
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        let catalog = Catalog::open(&url).await.unwrap();
+        TestDb {
+            catalog,
+            url,
+            _dir: None,
+            _postgres: Some(guard),
+        }
+    }
+
+    async fn finish(self) {
+        self.catalog.close().await;
+    }
+}
+
+/// Drops a test's PostgreSQL database when the test ends, passed or panicked.
+struct DropDatabase {
+    admin: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop cannot await and may run on the test's runtime: use a thread and runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let mut conn =
+                        <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await?;
+                    sqlx::Executor::execute(&mut conn, sql.as_str()).await?;
+                    Ok::<_, sqlx::Error>(())
+                })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Turns `async fn scenario(Catalog)` into a SQLite and a PostgreSQL test, each on a fresh
+/// database. After `with_url:`, scenarios take `(Catalog, String)`: the URL, to reopen it.
+macro_rules! both_backends {
+    (@tests $scenario:ident, |$db:ident| $call:expr) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn sqlite() {
+                let $db = super::TestDb::sqlite().await;
+                $call.await;
+                $db.finish().await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let $db = super::TestDb::postgres().await;
+                $call.await;
+                $db.finish().await;
+            }
+        }
+    };
+    (with_url: $($scenario:ident),* $(,)?) => {$(
+        both_backends!(@tests $scenario, |db| super::$scenario(db.catalog.clone(), db.url.clone()));
+    )*};
+    ($($scenario:ident),* $(,)?) => {$(
+        both_backends!(@tests $scenario, |db| super::$scenario(db.catalog.clone()));
+    )*};
+}
+
+both_backends!(with_url: migrations_apply_once_and_reopen_cleanly);
+
+both_backends!(
+    packages_are_recorded_once_and_keep_their_first_sighting,
+    sixty_thousand_packages_upsert_in_one_call,
+    snapshots_round_trip,
+    audit_entries_commit_and_roll_back_with_their_change,
+    audit_filters,
+    story,
+);
+
+fn pkg(i: usize, version: &str) -> NewPackage {
+    let name = format!("pkg-{i:05}");
+    NewPackage {
+        // A stand-in digest, distinct per (package, version).
+        sha256: format!(
+            "{:032x}{:032x}",
+            i,
+            version
+                .bytes()
+                .fold(0u128, |h, b| h.wrapping_mul(131).wrapping_add(b.into()))
+        ),
+        source: name.clone(),
+        pool_path: format!("pool/main/p/{name}/{name}_{version}_amd64.deb"),
+        control: format!("Package: {name}\nVersion: {version}\nArchitecture: amd64\n"),
+        name,
+        version: version.into(),
+        architecture: "amd64".into(),
+        size: 1000 + i as u64,
+    }
+}
+
+fn snapshot(id: &str, at: i64) -> Snapshot {
+    Snapshot {
+        id: id.into(),
+        name: None,
+        created_at: at,
+        kind: SnapshotKind::Sync,
+        description: format!("sync at {at}"),
+        manifest_sha256: format!("{:064x}", at),
+        sources: vec!["debian".into(), "debian-security".into()],
+    }
+}
+
+fn audit(at: i64, action: AuditAction, channel: Option<&str>) -> NewAuditEntry {
+    NewAuditEntry {
+        at,
+        actor: "admin".into(),
+        action,
+        channel: channel.map(Into::into),
+        from_snapshot: None,
+        to_snapshot: Some("s1".into()),
+        comment: Some("because".into()),
+        summary: Some(r#"{"added":1}"#.into()),
+    }
+}
+
+async fn migrations_apply_once_and_reopen_cleanly(c: Catalog, url: String) {
+    let a = pkg(1, "1.0-1");
+    c.upsert_packages(std::slice::from_ref(&a), 5)
+        .await
+        .unwrap();
+    c.close().await;
+    // Opening runs the migrations again: already applied, they change nothing.
+    let first = Catalog::open(&url).await.unwrap();
+    let second = Catalog::open(&url).await.unwrap();
+    assert_eq!(
+        first.package(&a.sha256).await.unwrap().unwrap().first_seen,
+        5
+    );
+    assert_eq!(
+        second
+            .first_seen(&a.name, &a.version, "amd64")
+            .await
+            .unwrap(),
+        Some(5)
+    );
+    first.close().await;
+    second.close().await;
+}
+
+async fn packages_are_recorded_once_and_keep_their_first_sighting(c: Catalog) {
+    let a = pkg(1, "1.0-1");
+    assert_eq!(
+        c.upsert_packages(&[a.clone(), pkg(2, "2.0-1")], 100)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        c.upsert_packages(std::slice::from_ref(&a), 200)
+            .await
+            .unwrap(),
+        0
+    );
+    let stored = c.package(&a.sha256).await.unwrap().unwrap();
+    assert_eq!(stored.package, a);
+    assert_eq!(stored.first_seen, 100);
+    // The same version rebuilt (other bytes) is a new package but not a new sighting.
+    let rebuilt = NewPackage {
+        sha256: format!("{:064x}", 99u128 << 100),
+        ..a.clone()
+    };
+    assert_eq!(c.upsert_packages(&[rebuilt], 300).await.unwrap(), 1);
+    assert_eq!(
+        c.first_seen(&a.name, "1.0-1", "amd64").await.unwrap(),
+        Some(100)
+    );
+    assert_eq!(c.first_seen(&a.name, "9", "amd64").await.unwrap(), None);
+    assert!(c.package(&format!("{:064x}", 7)).await.unwrap().is_none());
+}
+
+async fn sixty_thousand_packages_upsert_in_one_call(c: Catalog) {
+    let packages: Vec<_> = (0..60_000).map(|i| pkg(i, "1.0-1")).collect();
+    let started = Instant::now();
+    assert_eq!(c.upsert_packages(&packages, 1).await.unwrap(), 60_000);
+    eprintln!(
+        "{:?}: 60k new packages in {:?}",
+        c.backend(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert_eq!(c.upsert_packages(&packages, 2).await.unwrap(), 0);
+    eprintln!(
+        "{:?}: 60k known packages in {:?}",
+        c.backend(),
+        started.elapsed()
+    );
+    assert_eq!(
+        c.package(&packages[59_999].sha256)
+            .await
+            .unwrap()
+            .unwrap()
+            .first_seen,
+        1
+    );
+}
+
+async fn snapshots_round_trip(c: Catalog) {
+    let mut tx = c.begin().await.unwrap();
+    let mut named = snapshot("s2", 20);
+    named.name = Some("before-upgrade".into());
+    named.kind = SnapshotKind::Pull;
+    tx.insert_snapshot(&snapshot("s1", 10)).await.unwrap();
+    tx.insert_snapshot(&named).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(c.snapshot("s2").await.unwrap().unwrap(), named);
+    assert_eq!(
+        c.snapshot_by_name("before-upgrade").await.unwrap().unwrap(),
+        named
+    );
+    assert!(c.snapshot("before-upgrade").await.unwrap().is_none());
+    assert!(c.snapshot("nope").await.unwrap().is_none());
+    let ids: Vec<_> = c
+        .list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    // Ids and names are unique.
+    let mut tx = c.begin().await.unwrap();
+    assert!(tx.insert_snapshot(&snapshot("s1", 30)).await.is_err());
+}
+
+async fn audit_entries_commit_and_roll_back_with_their_change(c: Catalog) {
+    let mut tx = c.begin().await.unwrap();
+    tx.insert_snapshot(&snapshot("kept", 1)).await.unwrap();
+    tx.append_audit(&audit(1, AuditAction::Snapshot, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = c.begin().await.unwrap();
+    tx.insert_snapshot(&snapshot("dropped", 2)).await.unwrap();
+    tx.append_audit(&audit(2, AuditAction::Snapshot, None))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    // Dropping a transaction without commit also rolls back.
+    {
+        let mut tx = c.begin().await.unwrap();
+        tx.append_audit(&audit(3, AuditAction::Promote, Some("approved")))
+            .await
+            .unwrap();
+    }
+
+    assert!(c.snapshot("kept").await.unwrap().is_some());
+    assert!(c.snapshot("dropped").await.unwrap().is_none());
+    let entries = c.audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].entry, audit(1, AuditAction::Snapshot, None));
+}
+
+async fn audit_filters(c: Catalog) {
+    let mut tx = c.begin().await.unwrap();
+    for (at, action, channel) in [
+        (10, AuditAction::Sync, None),
+        (20, AuditAction::Promote, Some("approved")),
+        (30, AuditAction::Hold, Some("approved")),
+        (40, AuditAction::Promote, Some("testing")),
+    ] {
+        tx.append_audit(&audit(at, action, channel)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let at = |f: AuditFilter| {
+        let c = c.clone();
+        async move {
+            c.audit(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.entry.at)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(at(AuditFilter::default()).await, [40, 30, 20, 10]);
+    let approved = AuditFilter {
+        channel: Some("approved".into()),
+        ..Default::default()
+    };
+    assert_eq!(at(approved).await, [30, 20]);
+    let promotions = AuditFilter {
+        action: Some(AuditAction::Promote),
+        since: Some(25),
+        ..Default::default()
+    };
+    assert_eq!(at(promotions).await, [40]);
+    let latest = AuditFilter {
+        limit: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(at(latest).await, [40]);
+}
+
+/// A week in the life: a sync, a later sync with an upgrade, a promotion, reopening.
+async fn story(c: Catalog) {
+    let day = 86_400;
+    let monday: Vec<_> = (0..50).map(|i| pkg(i, "1.0-1")).collect();
+    let mut tx = c.begin().await.unwrap();
+    assert_eq!(tx.upsert_packages(&monday, day).await.unwrap(), 50);
+    tx.insert_snapshot(&snapshot("mon", day)).await.unwrap();
+    tx.append_audit(&audit(day, AuditAction::Sync, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut thursday = monday.clone();
+    thursday[7] = pkg(7, "1.0-2");
+    let mut tx = c.begin().await.unwrap();
+    assert_eq!(tx.upsert_packages(&thursday, 4 * day).await.unwrap(), 1);
+    tx.insert_snapshot(&snapshot("thu", 4 * day)).await.unwrap();
+    tx.append_audit(&audit(4 * day, AuditAction::Sync, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = c.begin().await.unwrap();
+    let mut promotion = audit(5 * day, AuditAction::Promote, Some("approved"));
+    promotion.from_snapshot = Some("mon".into());
+    promotion.to_snapshot = Some("thu".into());
+    tx.append_audit(&promotion).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        c.first_seen("pkg-00007", "1.0-2", "amd64").await.unwrap(),
+        Some(4 * day)
+    );
+    assert_eq!(
+        c.first_seen("pkg-00007", "1.0-1", "amd64").await.unwrap(),
+        Some(day)
+    );
+    assert_eq!(c.list_snapshots().await.unwrap().len(), 2);
+    let history = c
+        .audit(&AuditFilter {
+            channel: Some("approved".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(history[0].entry, promotion);
+}
