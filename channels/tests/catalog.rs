@@ -231,6 +231,15 @@ async fn packages_are_recorded_once_and_keep_their_first_sighting(c: Catalog) {
     );
     assert_eq!(c.first_seen(&a.name, "9", "amd64").await.unwrap(), None);
     assert!(c.package(&format!("{:064x}", 7)).await.unwrap().is_none());
+    // Digests are lowercase hex, or lookups would silently miss.
+    let shouting = NewPackage {
+        sha256: a.sha256.to_uppercase().replace('0', "A"),
+        ..a.clone()
+    };
+    assert!(matches!(
+        c.upsert_packages(&[shouting], 400).await,
+        Err(CatalogError::InvalidDigest { .. })
+    ));
 }
 
 async fn sixty_thousand_packages_upsert_in_one_call(c: Catalog) {
@@ -358,7 +367,7 @@ async fn audit_filters(c: Catalog) {
     assert_eq!(at(latest).await, [40]);
 }
 
-/// A week in the life: a sync, a later sync with an upgrade, a promotion, reopening.
+/// A week in the life: a sync, a later sync with an upgrade, a promotion, the history.
 async fn story(c: Catalog) {
     let day = 86_400;
     let monday: Vec<_> = (0..50).map(|i| pkg(i, "1.0-1")).collect();

@@ -55,13 +55,16 @@ pub enum CatalogError {
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
+/// Which database a catalog runs on, chosen by the URL's scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
 }
 
-/// A handle to the catalog; cheap to clone.
+/// A handle to the catalog; cheap to clone. Methods on `Catalog` each run on their own
+/// (autocommit); [`Catalog::begin`] gives a [`CatalogTx`] with the same methods whose writes
+/// land together — e.g. a snapshot and the audit entry that records it.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
@@ -77,7 +80,8 @@ impl Catalog {
         )
     }
 
-    /// Connects and brings the schema up to date.
+    /// Connects to `sqlite://PATH?mode=rwc` or `postgres://…` and brings the schema up to date
+    /// (migrations already applied are skipped, so opening is idempotent).
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -113,22 +117,14 @@ impl Catalog {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        let catalog = Self { pool, backend };
-        catalog
-            .run_migrations(migrations)
+        migrations
+            .run(&pool)
             .await
             .map_err(|source| CatalogError::Migrate {
                 url: redact(url),
                 source,
             })?;
-        Ok(catalog)
-    }
-
-    async fn run_migrations(
-        &self,
-        migrations: &Migrator,
-    ) -> Result<(), sqlx::migrate::MigrateError> {
-        migrations.run(&self.pool).await
+        Ok(Self { pool, backend })
     }
 
     pub fn backend(&self) -> Backend {

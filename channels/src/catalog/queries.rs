@@ -6,8 +6,16 @@ use super::{query, CatalogError, Result};
 use sqlx::{AnyConnection, FromRow};
 use std::fmt::Write;
 
-/// Rows per multi-row INSERT: 500 × 9 parameters stays under every backend's limit.
-const CHUNK: usize = 500;
+/// Rows per multi-row INSERT. PostgreSQL wants few round trips (500 × 9 parameters stays
+/// well under its 65535 limit); SQLite binds `$N` parameters by name, which costs more per
+/// parameter the more a statement holds, so it does best with small statements.
+fn rows_per_insert(conn: &AnyConnection) -> usize {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        50
+    } else {
+        500
+    }
+}
 
 /// `($1,$2,…),($n,…)` for `rows` rows of `columns` parameters.
 fn placeholders(rows: usize, columns: usize) -> String {
@@ -50,7 +58,7 @@ pub async fn upsert_packages(
         check_digest("package sha256", &p.sha256)?;
     }
     let mut inserted = 0;
-    for chunk in packages.chunks(CHUNK) {
+    for chunk in packages.chunks(rows_per_insert(conn)) {
         let sql = format!(
             "INSERT INTO packages (sha256, name, version, architecture, source, size, pool_path, \
              control, first_seen) VALUES {} ON CONFLICT (sha256) DO NOTHING",
