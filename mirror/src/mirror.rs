@@ -557,7 +557,7 @@ impl Mirror {
         let Some(source) = self.sources.get(name) else {
             return false;
         };
-        let dists = self.refs_root(name).join("dists");
+        let dists = self.refs.source_dir(name).join("dists");
         let Ok(suites) = fs_err::read_dir(&dists) else {
             return true;
         };
@@ -575,15 +575,6 @@ impl Mirror {
             }
         }
         true
-    }
-
-    fn refs_root(&self, name: &SourceName) -> std::path::PathBuf {
-        self.store
-            .root()
-            .parent()
-            .expect("store lives in the data dir")
-            .join("refs")
-            .join(name.as_str())
     }
 
     /// Adds the pool files a stored `Packages` index describes to the expectations.

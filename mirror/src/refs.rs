@@ -45,9 +45,14 @@ impl Refs {
         Ok(Self { root })
     }
 
+    /// The directory holding one source's records.
+    pub fn source_dir(&self, source: &SourceName) -> PathBuf {
+        self.root.join(source.as_str())
+    }
+
     fn path(&self, source: &SourceName, path: &str) -> PathBuf {
         // Both parts are validated names/paths: no `..`, no empty segments.
-        self.root.join(source.as_str()).join(format!("{path}.ref"))
+        self.source_dir(source).join(format!("{path}.ref"))
     }
 
     pub async fn get(&self, source: &SourceName, path: &str) -> Option<PathRecord> {
