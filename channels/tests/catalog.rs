@@ -129,6 +129,8 @@ both_backends!(
     snapshots_round_trip,
     audit_entries_commit_and_roll_back_with_their_change,
     audit_filters,
+    channels_move_only_from_the_generation_they_were_read_at,
+    holds_are_added_once_and_released,
     story,
 );
 
@@ -146,6 +148,7 @@ fn pkg(i: usize, version: &str) -> NewPackage {
         source: name.clone(),
         pool_path: format!("pool/main/p/{name}/{name}_{version}_amd64.deb"),
         control: format!("Package: {name}\nVersion: {version}\nArchitecture: amd64\n"),
+        origin: "debian".into(),
         name,
         version: version.into(),
         architecture: "amd64".into(),
@@ -413,4 +416,143 @@ async fn story(c: Catalog) {
         .await
         .unwrap();
     assert_eq!(history[0].entry, promotion);
+}
+
+fn test_snapshot(id: &str) -> Snapshot {
+    Snapshot {
+        id: id.into(),
+        name: None,
+        created_at: 1_700_000_000,
+        kind: SnapshotKind::Sync,
+        description: String::new(),
+        manifest_sha256: format!("{:0>64}", id.len()),
+        sources: vec!["debian".into()],
+    }
+}
+
+fn a_move(channel: &str, generation: i64, snapshot: &str, action: ChannelAction) -> ChannelMove {
+    ChannelMove {
+        channel: channel.into(),
+        expected_generation: generation,
+        snapshot_id: snapshot.into(),
+        publication_sha256: format!("{:0>64x}", generation + 1),
+        at: 1_700_000_100 + generation,
+        action,
+        actor: "admin".into(),
+        comment: Some(format!("move {generation}")),
+    }
+}
+
+async fn channels_move_only_from_the_generation_they_were_read_at(catalog: Catalog) {
+    for id in ["s1", "s2"] {
+        catalog.insert_snapshot(&test_snapshot(id)).await.unwrap();
+    }
+    catalog.ensure_channel("approved", 10).await.unwrap();
+    catalog.ensure_channel("approved", 20).await.unwrap();
+    let fresh = catalog.channel("approved").await.unwrap().unwrap();
+    assert_eq!((fresh.generation, fresh.snapshot_id.as_deref()), (0, None));
+    assert_eq!(
+        fresh.updated_at, 10,
+        "ensure_channel must not touch an existing channel"
+    );
+
+    let mut tx = catalog.begin().await.unwrap();
+    let g = tx
+        .move_channel(&a_move("approved", 0, "s1", ChannelAction::Promote))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(g, 1);
+
+    // A second mover that read generation 0 loses, and changes nothing.
+    let mut tx = catalog.begin().await.unwrap();
+    let stale = tx
+        .move_channel(&a_move("approved", 0, "s2", ChannelAction::Promote))
+        .await;
+    assert!(
+        matches!(stale, Err(CatalogError::ChannelMoved { expected: 0, .. })),
+        "{stale:?}"
+    );
+    drop(tx);
+    let now = catalog.channel("approved").await.unwrap().unwrap();
+    assert_eq!(
+        (now.generation, now.snapshot_id.as_deref()),
+        (1, Some("s1"))
+    );
+
+    let mut tx = catalog.begin().await.unwrap();
+    tx.move_channel(&a_move("approved", 1, "s2", ChannelAction::Promote))
+        .await
+        .unwrap();
+    tx.move_channel(&a_move("approved", 2, "s1", ChannelAction::Rollback))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let history = catalog.channel_history("approved", 10).await.unwrap();
+    let seen: Vec<_> = history
+        .iter()
+        .map(|h| (h.generation, h.snapshot_id.as_str(), h.action))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (3, "s1", ChannelAction::Rollback),
+            (2, "s2", ChannelAction::Promote),
+            (1, "s1", ChannelAction::Promote)
+        ]
+    );
+    assert_eq!(history[0].comment.as_deref(), Some("move 2"));
+    assert_eq!(
+        catalog.channel_history("approved", 1).await.unwrap().len(),
+        1
+    );
+
+    // A move to a snapshot that does not exist is refused by the schema.
+    let mut tx = catalog.begin().await.unwrap();
+    assert!(tx
+        .move_channel(&a_move("approved", 3, "nope", ChannelAction::Promote))
+        .await
+        .is_err());
+    drop(tx);
+    assert!(catalog.channel("missing").await.unwrap().is_none());
+    let names: Vec<_> = catalog
+        .list_channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["approved"]);
+}
+
+async fn holds_are_added_once_and_released(catalog: Catalog) {
+    catalog.ensure_channel("approved", 1).await.unwrap();
+    let hold = |package: &str| Hold {
+        package: package.into(),
+        at: 5,
+        actor: "admin".into(),
+        comment: Some("waiting for the vendor fix".into()),
+    };
+    let mut tx = catalog.begin().await.unwrap();
+    assert!(tx.add_hold("approved", &hold("openssl")).await.unwrap());
+    assert!(!tx.add_hold("approved", &hold("openssl")).await.unwrap());
+    assert!(tx.add_hold("approved", &hold("curl")).await.unwrap());
+    tx.commit().await.unwrap();
+    let held: Vec<_> = catalog
+        .holds("approved")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.package)
+        .collect();
+    assert_eq!(held, ["curl", "openssl"]);
+
+    let mut tx = catalog.begin().await.unwrap();
+    assert!(tx.remove_hold("approved", "openssl").await.unwrap());
+    assert!(!tx.remove_hold("approved", "openssl").await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(catalog.holds("approved").await.unwrap().len(), 1);
+    // Holds belong to a channel that exists.
+    let mut tx = catalog.begin().await.unwrap();
+    assert!(tx.add_hold("nowhere", &hold("x")).await.is_err());
 }

@@ -45,6 +45,11 @@ pub enum CatalogError {
     Corrupt { what: &'static str, value: String },
     #[error("invalid {what} {value:?}\nhint: digests are 64 lowercase hex characters (sha256)")]
     InvalidDigest { what: &'static str, value: String },
+    #[error(
+        "channel {channel} moved while this change was prepared (it was at generation \
+         {expected})\nhint: look at `aptgate channel history {channel}` and try again"
+    )]
+    ChannelMoved { channel: String, expected: i64 },
     #[error("cannot encode the sources of snapshot {id}")]
     Encode {
         id: String,
@@ -192,6 +197,33 @@ impl Catalog {
         let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
         queries::audit(&mut conn, filter).await
     }
+
+    /// Creates the channel (unpublished) unless it exists.
+    pub async fn ensure_channel(&self, name: &str, now: i64) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::ensure_channel(&mut conn, name, now).await
+    }
+
+    pub async fn channel(&self, name: &str) -> Result<Option<ChannelState>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::channel(&mut conn, name).await
+    }
+
+    pub async fn list_channels(&self) -> Result<Vec<ChannelState>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::list_channels(&mut conn).await
+    }
+
+    /// A channel's moves, newest first.
+    pub async fn channel_history(&self, channel: &str, limit: i64) -> Result<Vec<HistoryEntry>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::channel_history(&mut conn, channel, limit).await
+    }
+
+    pub async fn holds(&self, channel: &str) -> Result<Vec<Hold>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::holds(&mut conn, channel).await
+    }
 }
 
 /// Writes inside one transaction; dropped without [`commit`](Self::commit), it rolls back.
@@ -246,6 +278,42 @@ impl CatalogTx {
 
     pub async fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         queries::audit(&mut self.0, filter).await
+    }
+
+    pub async fn ensure_channel(&mut self, name: &str, now: i64) -> Result<()> {
+        queries::ensure_channel(&mut self.0, name, now).await
+    }
+
+    pub async fn channel(&mut self, name: &str) -> Result<Option<ChannelState>> {
+        queries::channel(&mut self.0, name).await
+    }
+
+    /// Moves the channel if nobody moved it since `expected_generation`; returns the new
+    /// generation, or [`CatalogError::ChannelMoved`].
+    pub async fn move_channel(&mut self, m: &ChannelMove) -> Result<i64> {
+        queries::move_channel(&mut self.0, m).await
+    }
+
+    pub async fn channel_history(
+        &mut self,
+        channel: &str,
+        limit: i64,
+    ) -> Result<Vec<HistoryEntry>> {
+        queries::channel_history(&mut self.0, channel, limit).await
+    }
+
+    /// Returns false if the package was already held.
+    pub async fn add_hold(&mut self, channel: &str, hold: &Hold) -> Result<bool> {
+        queries::add_hold(&mut self.0, channel, hold).await
+    }
+
+    /// Returns false if the package was not held.
+    pub async fn remove_hold(&mut self, channel: &str, package: &str) -> Result<bool> {
+        queries::remove_hold(&mut self.0, channel, package).await
+    }
+
+    pub async fn holds(&mut self, channel: &str) -> Result<Vec<Hold>> {
+        queries::holds(&mut self.0, channel).await
     }
 }
 

@@ -18,6 +18,8 @@ pub struct NewPackage {
     pub pool_path: String,
     /// The raw control stanza.
     pub control: String,
+    /// The upstream source it was recorded from (where a channel fetches it on first demand).
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,4 +141,84 @@ pub struct AuditFilter {
     pub since: Option<i64>,
     /// At most this many; `None` means 100.
     pub limit: Option<i64>,
+}
+
+/// Why a channel moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAction {
+    Promote,
+    Rollback,
+    /// An automatic move: the channel follows a source or another channel.
+    Follow,
+    /// Same snapshot, freshly signed Release (a `Valid-Until` refresh or a key change).
+    Resign,
+}
+
+impl ChannelAction {
+    pub const ALL: [Self; 4] = [Self::Promote, Self::Rollback, Self::Follow, Self::Resign];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Promote => "promote",
+            Self::Rollback => "rollback",
+            Self::Follow => "follow",
+            Self::Resign => "resign",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for ChannelAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a channel points now. A channel that was never published has no snapshot yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelState {
+    pub name: String,
+    pub snapshot_id: Option<String>,
+    /// The publication blob (signed Release files per suite) apt is served.
+    pub publication_sha256: Option<String>,
+    /// Rises by one with every move; a move names the generation it was computed from.
+    pub generation: i64,
+    pub updated_at: i64,
+}
+
+/// One move of a channel, as recorded in its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelMove {
+    pub channel: String,
+    /// The generation the mover saw; the move fails if the channel moved since.
+    pub expected_generation: i64,
+    pub snapshot_id: String,
+    pub publication_sha256: String,
+    pub at: i64,
+    pub action: ChannelAction,
+    pub actor: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub generation: i64,
+    pub snapshot_id: String,
+    pub publication_sha256: String,
+    pub at: i64,
+    pub action: ChannelAction,
+    pub actor: String,
+    pub comment: Option<String>,
+}
+
+/// A package a channel keeps at its current version across promotions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub package: String,
+    pub at: i64,
+    pub actor: String,
+    pub comment: Option<String>,
 }

@@ -6,7 +6,7 @@ use super::{query, CatalogError, Result};
 use sqlx::{AnyConnection, FromRow};
 use std::fmt::Write;
 
-/// Rows per multi-row INSERT. PostgreSQL wants few round trips (500 × 9 parameters stays
+/// Rows per multi-row INSERT. PostgreSQL wants few round trips (500 × 10 parameters stays
 /// well under its 65535 limit); SQLite binds `$N` parameters by name, which costs more per
 /// parameter the more a statement holds, so it does best with small statements.
 fn rows_per_insert(conn: &AnyConnection) -> usize {
@@ -61,8 +61,8 @@ pub async fn upsert_packages(
     for chunk in packages.chunks(rows_per_insert(conn)) {
         let sql = format!(
             "INSERT INTO packages (sha256, name, version, architecture, source, size, pool_path, \
-             control, first_seen) VALUES {} ON CONFLICT (sha256) DO NOTHING",
-            placeholders(chunk.len(), 9)
+             control, origin, first_seen) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+            placeholders(chunk.len(), 10)
         );
         let mut q = sqlx::query(&sql);
         for p in chunk {
@@ -75,6 +75,7 @@ pub async fn upsert_packages(
                 .bind(p.size as i64)
                 .bind(&p.pool_path)
                 .bind(&p.control)
+                .bind(&p.origin)
                 .bind(now);
         }
         inserted += q
@@ -113,13 +114,14 @@ struct PackageRow {
     size: i64,
     pool_path: String,
     control: String,
+    origin: String,
     first_seen: i64,
 }
 
 pub async fn package(conn: &mut AnyConnection, sha256: &str) -> Result<Option<Package>> {
     let row = sqlx::query_as::<_, PackageRow>(
         "SELECT sha256, name, version, architecture, source, size, pool_path, control, \
-         first_seen FROM packages WHERE sha256 = $1",
+         origin, first_seen FROM packages WHERE sha256 = $1",
     )
     .bind(sha256)
     .fetch_optional(&mut *conn)
@@ -135,6 +137,7 @@ pub async fn package(conn: &mut AnyConnection, sha256: &str) -> Result<Option<Pa
             size: r.size as u64,
             pool_path: r.pool_path,
             control: r.control,
+            origin: r.origin,
         },
         first_seen: r.first_seen,
     }))
@@ -336,4 +339,208 @@ pub async fn audit(conn: &mut AnyConnection, filter: &AuditFilter) -> Result<Vec
             })
         })
         .collect()
+}
+
+// ---- channels --------------------------------------------------------------------------
+
+/// Creates the channel row if it does not exist yet; a no-op otherwise.
+pub async fn ensure_channel(conn: &mut AnyConnection, name: &str, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO channels (name, generation, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(query("create channel"))?;
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct ChannelRow {
+    name: String,
+    snapshot_id: Option<String>,
+    publication_sha256: Option<String>,
+    generation: i64,
+    updated_at: i64,
+}
+
+impl From<ChannelRow> for ChannelState {
+    fn from(r: ChannelRow) -> Self {
+        ChannelState {
+            name: r.name,
+            snapshot_id: r.snapshot_id,
+            publication_sha256: r.publication_sha256,
+            generation: r.generation,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const CHANNEL_COLUMNS: &str = "name, snapshot_id, publication_sha256, generation, updated_at";
+
+pub async fn channel(conn: &mut AnyConnection, name: &str) -> Result<Option<ChannelState>> {
+    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE name = $1");
+    Ok(sqlx::query_as::<_, ChannelRow>(&sql)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query("read channel"))?
+        .map(ChannelState::from))
+}
+
+pub async fn list_channels(conn: &mut AnyConnection) -> Result<Vec<ChannelState>> {
+    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels ORDER BY name");
+    Ok(sqlx::query_as::<_, ChannelRow>(&sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("list channels"))?
+        .into_iter()
+        .map(ChannelState::from)
+        .collect())
+}
+
+/// Moves a channel if it is still at `expected_generation`, and records the move in its
+/// history; returns the new generation.
+pub async fn move_channel(conn: &mut AnyConnection, m: &ChannelMove) -> Result<i64> {
+    check_digest("publication sha256", &m.publication_sha256)?;
+    let updated = sqlx::query(
+        "UPDATE channels SET snapshot_id = $1, publication_sha256 = $2, \
+         generation = generation + 1, updated_at = $3 WHERE name = $4 AND generation = $5",
+    )
+    .bind(&m.snapshot_id)
+    .bind(&m.publication_sha256)
+    .bind(m.at)
+    .bind(&m.channel)
+    .bind(m.expected_generation)
+    .execute(&mut *conn)
+    .await
+    .map_err(query("move channel"))?
+    .rows_affected();
+    if updated == 0 {
+        return Err(CatalogError::ChannelMoved {
+            channel: m.channel.clone(),
+            expected: m.expected_generation,
+        });
+    }
+    let generation = m.expected_generation + 1;
+    sqlx::query(
+        "INSERT INTO channel_history (channel, generation, snapshot_id, publication_sha256, at, \
+         action, actor, comment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&m.channel)
+    .bind(generation)
+    .bind(&m.snapshot_id)
+    .bind(&m.publication_sha256)
+    .bind(m.at)
+    .bind(m.action.as_str())
+    .bind(&m.actor)
+    .bind(m.comment.as_deref())
+    .execute(&mut *conn)
+    .await
+    .map_err(query("record channel history"))?;
+    Ok(generation)
+}
+
+#[derive(FromRow)]
+struct HistoryRow {
+    generation: i64,
+    snapshot_id: String,
+    publication_sha256: String,
+    at: i64,
+    action: String,
+    actor: String,
+    comment: Option<String>,
+}
+
+/// A channel's moves, newest first.
+pub async fn channel_history(
+    conn: &mut AnyConnection,
+    channel: &str,
+    limit: i64,
+) -> Result<Vec<HistoryEntry>> {
+    sqlx::query_as::<_, HistoryRow>(
+        "SELECT generation, snapshot_id, publication_sha256, at, action, actor, comment \
+         FROM channel_history WHERE channel = $1 ORDER BY generation DESC LIMIT $2",
+    )
+    .bind(channel)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query("read channel history"))?
+    .into_iter()
+    .map(|r| {
+        Ok(HistoryEntry {
+            action: ChannelAction::parse(&r.action).ok_or(CatalogError::Corrupt {
+                what: "channel action",
+                value: r.action.clone(),
+            })?,
+            generation: r.generation,
+            snapshot_id: r.snapshot_id,
+            publication_sha256: r.publication_sha256,
+            at: r.at,
+            actor: r.actor,
+            comment: r.comment,
+        })
+    })
+    .collect()
+}
+
+/// Holds a package; returns false if it was already held.
+pub async fn add_hold(conn: &mut AnyConnection, channel: &str, hold: &Hold) -> Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO holds (channel, package, at, actor, comment) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (channel, package) DO NOTHING",
+    )
+    .bind(channel)
+    .bind(&hold.package)
+    .bind(hold.at)
+    .bind(&hold.actor)
+    .bind(hold.comment.as_deref())
+    .execute(&mut *conn)
+    .await
+    .map_err(query("add hold"))?
+    .rows_affected()
+        == 1)
+}
+
+/// Releases a hold; returns false if the package was not held.
+pub async fn remove_hold(conn: &mut AnyConnection, channel: &str, package: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("DELETE FROM holds WHERE channel = $1 AND package = $2")
+            .bind(channel)
+            .bind(package)
+            .execute(&mut *conn)
+            .await
+            .map_err(query("remove hold"))?
+            .rows_affected()
+            == 1,
+    )
+}
+
+#[derive(FromRow)]
+struct HoldRow {
+    package: String,
+    at: i64,
+    actor: String,
+    comment: Option<String>,
+}
+
+pub async fn holds(conn: &mut AnyConnection, channel: &str) -> Result<Vec<Hold>> {
+    Ok(sqlx::query_as::<_, HoldRow>(
+        "SELECT package, at, actor, comment FROM holds WHERE channel = $1 ORDER BY package",
+    )
+    .bind(channel)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query("read holds"))?
+    .into_iter()
+    .map(|r| Hold {
+        package: r.package,
+        at: r.at,
+        actor: r.actor,
+        comment: r.comment,
+    })
+    .collect())
 }
