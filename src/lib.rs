@@ -2,6 +2,7 @@
 //! the crates (`mirror/`, `channels/`, …); this crate only wires them together.
 
 use anyhow::Context;
+use aptgate_channels::Channels;
 use aptgate_config::{Config, SourceConfig};
 use aptgate_mirror::Mirror;
 use axum::extract::{FromRef, State};
@@ -15,6 +16,13 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub struct AppState {
     pub mirror: Arc<Mirror>,
+    pub channels: Arc<Channels>,
+}
+
+impl FromRef<AppState> for Arc<Channels> {
+    fn from_ref(state: &AppState) -> Self {
+        state.channels.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Mirror> {
@@ -24,18 +32,22 @@ impl FromRef<AppState> for Arc<Mirror> {
 }
 
 impl AppState {
-    /// Opens the store and loads every source's keyring; `sources` is the resolved list
-    /// (see [`resolve_sources`]).
-    pub fn open(config: &Config, sources: &[SourceConfig]) -> anyhow::Result<Self> {
+    /// Opens the store, loads every source's keyring, opens the catalog and the signing
+    /// keys; `sources` is the resolved list (see [`resolve_sources`]).
+    pub async fn open(config: &Config, sources: &[SourceConfig]) -> anyhow::Result<Self> {
         let mirror = Mirror::new(&config.data_dir, sources, &config.mirror)
             .with_context(|| format!("cannot open the mirror in {}", config.data_dir.display()))?;
-        Ok(Self { mirror })
+        let channels = Channels::open(config, sources, mirror.clone())
+            .await
+            .context("cannot open the channels")?;
+        Ok(Self { mirror, channels })
     }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(aptgate_mirror::routes())
+        .merge(aptgate_channels::routes::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)

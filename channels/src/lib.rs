@@ -10,3 +10,12 @@
 //! published as under `/channels/<channel>/`.
 
 pub mod catalog;
+mod error;
+pub mod index;
+pub mod manifest;
+pub mod routes;
+mod service;
+pub mod signing;
+
+pub use error::{ChannelsError, Result};
+pub use service::*;

@@ -296,6 +296,7 @@ fn merge_entry(sources: &mut Vec<SourceConfig>, entry: Entry) {
         architectures: entry.architectures,
         keyring: entry.keyring,
         inline_keys: entry.inline_keys,
+        policy: Default::default(),
     });
 }
 

@@ -360,6 +360,46 @@ impl Config {
                 ));
             }
         }
+        let mut channels = std::collections::HashSet::new();
+        for c in &self.channels {
+            if !channels.insert(c.name.as_str()) {
+                return invalid(format!("channel name {:?} is used twice", c.name.as_str()));
+            }
+        }
+        for c in &self.channels {
+            if let Some(from) = &c.promotes_from {
+                if !channels.contains(from.as_str()) {
+                    return invalid(format!(
+                        "channel {}: promotes_from = {from:?} names no configured channel",
+                        c.name
+                    ));
+                }
+                if from == &c.name {
+                    return invalid(format!("channel {}: cannot promote from itself", c.name));
+                }
+            }
+            if let Some(source) = &c.follows {
+                // Sources imported from the host are not known yet; check configured ones.
+                if !self.sources.is_empty() && !seen.contains(source.as_str()) {
+                    return invalid(format!(
+                        "channel {}: follows = {source:?} names no configured source",
+                        c.name
+                    ));
+                }
+            }
+        }
+        let url = &self.database.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url must be empty (SQLite in the data directory), sqlite://PATH or \
+                 postgres://USER@HOST/DB"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ mod names;
 
 pub use host_apt::{host_sources, HostImport, SkippedEntry};
 pub use layering::{load, ConfigError, LoadOptions, Loaded, Origin, Override};
-pub use names::{InvalidName, SourceName};
+pub use names::{ChannelName, InvalidName, SourceName};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -30,8 +30,12 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// Where `aptgate serve` looks for the host's apt sources when `sources` is empty.
     pub host_apt: HostAptConfig,
+    pub database: DatabaseConfig,
+    pub publish: PublishConfig,
     /// Named upstream sources. Empty means "import the host's apt sources".
     pub sources: Vec<SourceConfig>,
+    /// Channels published at `/channels/<name>/`.
+    pub channels: Vec<ChannelConfig>,
 }
 
 impl Default for Config {
@@ -41,7 +45,10 @@ impl Default for Config {
             server: ServerConfig::default(),
             mirror: MirrorConfig::default(),
             host_apt: HostAptConfig::default(),
+            database: DatabaseConfig::default(),
+            publish: PublishConfig::default(),
             sources: Vec::new(),
+            channels: Vec::new(),
         }
     }
 }
@@ -108,6 +115,95 @@ impl Default for HostAptConfig {
     }
 }
 
+/// Where the catalog (packages, snapshots, channels, audit log) lives.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://USER@HOST/DB` or `sqlite://PATH`; empty means `catalog.sqlite3` in the data
+    /// directory.
+    pub url: String,
+}
+
+/// A database URL can hold a password: never print it.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = match (self.url.find("://"), self.url.find('@')) {
+            (Some(_), Some(at)) => format!("***{}", &self.url[at..]),
+            _ => self.url.clone(),
+        };
+        f.debug_struct("DatabaseConfig")
+            .field("url", &shown)
+            .finish()
+    }
+}
+
+/// How channels are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// The signing key's name: its public key is served at `/keys/<key_name>.asc`.
+    pub key_name: String,
+    /// `Valid-Until` = signing time + this; `0` publishes without `Valid-Until`. With it set,
+    /// the server re-signs each channel's Release before it expires.
+    #[serde(with = "humantime_secs")]
+    pub valid_until: Duration,
+    /// How long a superseded index stays reachable under `by-hash/`.
+    #[serde(with = "humantime_secs")]
+    pub by_hash_grace: Duration,
+    /// The URL hosts reach this server at (`http://mirror.example.org:8470`); when set, each
+    /// channel's Release carries apt's `Snapshots:` field pointing at its retained snapshots.
+    pub public_url: String,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            key_name: "aptgate".into(),
+            valid_until: Duration::ZERO,
+            by_hash_grace: Duration::from_secs(24 * 3600),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// When a sync downloads the `.deb` files its snapshot references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchPolicy {
+    /// When a host first asks for one (or a promotion needs it).
+    #[default]
+    OnDemand,
+    /// All of them during the sync, resumable.
+    Immediate,
+}
+
+/// A channel: a named, published pointer to a snapshot, with the rules that move it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub name: ChannelName,
+    /// Suites to publish; empty publishes every suite of the snapshot.
+    #[serde(default)]
+    pub suites: Vec<String>,
+    /// Follow a source automatically: every sync that creates a snapshot of it moves this
+    /// channel there (the usual `testing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<SourceName>,
+    /// The channel promotions into this one come from (`approved` promotes from `testing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotes_from: Option<ChannelName>,
+    /// The snapshot must have been in `promotes_from` at least this long (`72h`).
+    #[serde(default, with = "humantime_secs")]
+    pub min_soak: Duration,
+    /// Whether `promote --only` (selected updates) is allowed.
+    #[serde(default = "yes")]
+    pub selective: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// One upstream apt repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +225,9 @@ pub struct SourceConfig {
     /// Armored public keys given inline (deb822 `Signed-By:` blocks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inline_keys: Vec<String>,
+    /// When `aptgate sync` downloads the `.deb` files: `on_demand` or `immediate`.
+    #[serde(default)]
+    pub policy: FetchPolicy,
 }
 
 /// Durations are written as whole seconds or with a unit: `300`, `"300s"`, `"5m"`, `"2h"`, `"1d"`.

@@ -35,6 +35,7 @@ pub struct Failure {
 /// A download in progress.
 #[derive(Debug)]
 pub struct Flight {
+    pub digest: crate::digest::Sha256,
     pub size: u64,
     pub tmp_path: PathBuf,
     pub blob_path: PathBuf,
@@ -57,6 +58,23 @@ impl Flight {
         let mut progress = self.progress.clone();
         let state = progress
             .wait_for(|p| !matches!(p, Progress::Starting))
+            .await
+            .map(|p| p.clone());
+        match state {
+            Ok(Progress::Failed(failure)) => Err(failure),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Failure {
+                reason: "download abandoned".into(),
+                not_found: false,
+            }),
+        }
+    }
+
+    /// Waits until the blob is verified and stored (or the download failed).
+    pub async fn finished(&self) -> Result<(), Failure> {
+        let mut progress = self.progress.clone();
+        let state = progress
+            .wait_for(|p| matches!(p, Progress::Done | Progress::Failed(_)))
             .await
             .map(|p| p.clone());
         match state {

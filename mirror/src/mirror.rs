@@ -167,7 +167,7 @@ impl Mirror {
         let segments: Vec<&str> = path.segments().collect();
         match segments.as_slice() {
             ["dists", suite, file @ ("InRelease" | "Release" | "Release.gpg")] => {
-                let (record, stale) = self.release_file(name, source, suite, file).await?;
+                let (record, stale) = self.release_file(name, source, suite, file, false).await?;
                 Ok(Resolved::Blob {
                     digest: record.sha256,
                     stale,
@@ -182,6 +182,96 @@ impl Mirror {
 
     pub fn blob_path(&self, digest: &Sha256) -> std::path::PathBuf {
         self.store.blob_path(digest)
+    }
+
+    // ---- for sync and channels ----------------------------------------------------------
+
+    /// Asks upstream for a suite's release now, whatever its freshness, and returns the
+    /// verified result and whether it is a stale copy (upstream unreachable). `InRelease`
+    /// first; a suite that only has `Release` + `Release.gpg` is read from those.
+    pub async fn sync_release(
+        &self,
+        source_name: &str,
+        suite: &str,
+    ) -> Result<(Arc<SuiteRelease>, bool), MirrorError> {
+        let (name, source) = self.source(source_name)?;
+        let stale = match self
+            .release_file(name, source, suite, "InRelease", true)
+            .await
+        {
+            Ok((_, stale)) => stale,
+            Err(MirrorError::NotFound { .. }) => {
+                self.release_file(name, source, suite, "Release", true)
+                    .await?
+                    .1
+            }
+            Err(e) => return Err(e),
+        };
+        let release = self
+            .suite_release_cached(name, suite)
+            .await
+            .ok_or_else(|| MirrorError::NotFound {
+                what: format!("dists/{suite}/InRelease"),
+            })?;
+        Ok((release, stale))
+    }
+
+    /// Makes sure a file the suite's verified Release lists is stored; returns its digest.
+    pub async fn fetch_index(
+        self: &Arc<Self>,
+        source_name: &str,
+        suite: &str,
+        rest: &str,
+    ) -> Result<Sha256, MirrorError> {
+        let (name, source) = self.source(source_name)?;
+        let resolved = self.index_file(name, source, suite, rest).await?;
+        self.landed(resolved, &format!("dists/{suite}/{rest}"))
+            .await
+    }
+
+    /// Resolves a pool file by the digest a snapshot recorded for it: from the store, or
+    /// fetched once from `source` (single flight, verified against `digest` and `size`).
+    pub async fn fetch_blob(
+        self: &Arc<Self>,
+        source_name: &str,
+        path: &str,
+        digest: Sha256,
+        size: u64,
+    ) -> Result<Resolved, MirrorError> {
+        let (name, source) = self.source(source_name)?;
+        Metrics::inc(&self.metrics.requests);
+        self.blob_or_fetch(name, source, path, digest, size).await
+    }
+
+    /// Like [`fetch_blob`](Self::fetch_blob), but waits until the blob is stored.
+    pub async fn store_blob(
+        self: &Arc<Self>,
+        source_name: &str,
+        path: &str,
+        digest: Sha256,
+        size: u64,
+    ) -> Result<Sha256, MirrorError> {
+        let resolved = self.fetch_blob(source_name, path, digest, size).await?;
+        self.landed(resolved, path).await
+    }
+
+    async fn landed(&self, resolved: Resolved, path: &str) -> Result<Sha256, MirrorError> {
+        match resolved {
+            Resolved::Blob { digest, .. } => Ok(digest),
+            Resolved::Streaming(flight) => match flight.finished().await {
+                Ok(()) => Ok(flight.digest),
+                Err(failure) if failure.not_found => Err(MirrorError::NotFound {
+                    what: path.to_owned(),
+                }),
+                Err(failure) => Err(MirrorError::Upstream {
+                    url: path.to_owned(),
+                    reason: failure.reason.to_string(),
+                }),
+            },
+            Resolved::PassThrough(_) => Err(MirrorError::NotFound {
+                what: path.to_owned(),
+            }),
+        }
     }
 
     fn source(&self, name: &str) -> Result<(&SourceName, &Source), MirrorError> {
@@ -206,6 +296,7 @@ impl Mirror {
         source: &Source,
         suite: &str,
         file: &str,
+        force: bool,
     ) -> Result<(PathRecord, bool), MirrorError> {
         let path = format!("dists/{suite}/{file}");
         // `Release` and `Release.gpg` are fetched, verified and stored as a pair.
@@ -228,7 +319,7 @@ impl Mirror {
         let fresh = cached.as_ref().is_some_and(|r| {
             now_secs() - r.fetched_at < self.config.release_freshness.as_secs() as i64
         });
-        if !fresh {
+        if force || !fresh {
             self.revalidate_release(name, source, suite, &lead, cached.as_ref())
                 .await?;
         }
@@ -496,7 +587,8 @@ impl Mirror {
         };
         if expected.is_none() {
             // Unknown suite, or our copy is older than the client's: revalidate once.
-            self.release_file(name, source, suite, "InRelease").await?;
+            self.release_file(name, source, suite, "InRelease", false)
+                .await?;
             expected = self
                 .suite_release_cached(name, suite)
                 .await
@@ -644,6 +736,7 @@ impl Mirror {
             .map_err(MirrorError::internal)?;
         let (progress, receiver) = watch::channel(Progress::Starting);
         let flight = Arc::new(Flight {
+            digest,
             size,
             tmp_path: writer.tmp_path().to_owned(),
             blob_path: self.store.blob_path(&digest),

@@ -25,6 +25,9 @@ const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// The parts of a verified Release the mirror relies on.
 #[derive(Debug)]
 pub struct SuiteRelease {
+    pub origin: Option<String>,
+    pub label: Option<String>,
+    pub codename: Option<String>,
     pub date: DateTime<Utc>,
     pub valid_until: Option<DateTime<Utc>>,
     /// Path below `dists/<suite>/` → (sha256, size).
@@ -60,6 +63,9 @@ impl SuiteRelease {
             by_hash.insert(digest, entry.size);
         }
         Ok(Self {
+            origin: release.origin().map(str::to_owned),
+            label: release.label().map(str::to_owned),
+            codename: release.codename().map(str::to_owned),
             date,
             valid_until,
             files,

@@ -61,8 +61,22 @@ async fn serve(
         Ok(p) => p,
         Err(e) => return MirrorError::BadRequest(e.to_string()).into_response(),
     };
-    let cache_control = cache_control(&path);
-    let mut response = match mirror.resolve(&source, &path).await {
+    let cache_control = cache_control(path.as_str());
+    let resolved = mirror.resolve(&source, &path).await;
+    respond(&mirror, resolved, request, path.as_str(), cache_control).await
+}
+
+/// Turns what a request resolved to into the response apt gets: blobs with HEAD, `Range`
+/// and conditional requests; downloads streamed; errors as statuses. Shared with the
+/// channel routes, which resolve their paths differently but serve blobs the same way.
+pub async fn respond(
+    mirror: &Mirror,
+    resolved: Result<Resolved, MirrorError>,
+    request: Request,
+    path: &str,
+    cache_control: &'static str,
+) -> Response {
+    let mut response = match resolved {
         Ok(Resolved::Blob { digest, stale }) => {
             let blob = mirror.blob_path(&digest);
             let small = small::serve(&blob, &digest, request.method(), request.headers());
@@ -90,11 +104,11 @@ async fn serve(
             if let Err(failure) = flight.started().await {
                 let error = if failure.not_found {
                     MirrorError::NotFound {
-                        what: path.to_string(),
+                        what: path.to_owned(),
                     }
                 } else {
                     MirrorError::Upstream {
-                        url: path.to_string(),
+                        url: path.to_owned(),
                         reason: failure.reason.to_string(),
                     }
                 };
@@ -159,8 +173,7 @@ async fn serve(
 }
 
 /// Release files change; by-hash and pool files never do (a new version has a new name).
-fn cache_control(path: &MirrorPath) -> &'static str {
-    let p = path.as_str();
+pub fn cache_control(p: &str) -> &'static str {
     if p.ends_with("/InRelease") || p.ends_with("/Release") || p.ends_with("/Release.gpg") {
         "no-cache"
     } else if p.starts_with("pool/") || p.contains("/by-hash/") {

@@ -32,6 +32,7 @@ pub fn fixture_source(upstream: &Upstream, repo: &FixtureRepo) -> SourceConfig {
         architectures: repo.spec.architectures.clone(),
         keyring: vec![repo.key_path()],
         inline_keys: Vec::new(),
+        policy: Default::default(),
     }
 }
 
@@ -65,13 +66,20 @@ impl TestApp {
         sources: Vec<SourceConfig>,
         mirror: MirrorConfig,
     ) -> TestApp {
-        let config = Config {
+        Self::start_config(Config {
             data_dir: data_dir.to_owned(),
             sources,
             mirror,
             ..Config::default()
-        };
-        let state = AppState::open(&config, &config.sources).expect("aptgate starts");
+        })
+        .await
+    }
+
+    /// Starts aptgate with a whole configuration (channels, database, …).
+    pub async fn start_config(config: Config) -> TestApp {
+        let state = AppState::open(&config, &config.sources)
+            .await
+            .expect("aptgate starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod apt;
+pub mod db;
 pub mod fixture;
 pub mod signing;
 pub mod upstream;

@@ -1,0 +1,76 @@
+use crate::catalog::CatalogError;
+use crate::index::IndexError;
+use crate::signing::SigningError;
+use aptgate_mirror::{MirrorError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelsError {
+    #[error("unknown channel {name:?}\nhint: configured channels: {known}")]
+    UnknownChannel { name: String, known: String },
+    #[error("unknown snapshot {0:?}\nhint: `aptgate snapshot list` shows them")]
+    UnknownSnapshot(String),
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    #[error("channel {0} has not been published yet\nhint: promote a snapshot into it first")]
+    Unpublished(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Mirror {
+        what: String,
+        #[source]
+        source: MirrorError,
+    },
+    #[error(
+        "could not fetch {} package(s) into the store; nothing changed:\n  {}",
+        .0.len(),
+        .0.join("\n  ")
+    )]
+    FetchFailed(Vec<String>),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error("in {what}: {source}")]
+    Index {
+        what: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("stored {what} {digest} is unreadable: {reason}")]
+    CorruptBlob {
+        what: &'static str,
+        digest: String,
+        reason: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ChannelsError {
+    /// A stable machine-readable code, for the JSON API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownChannel { .. } => "unknown_channel",
+            Self::UnknownSnapshot(_) => "unknown_snapshot",
+            Self::UnknownSource(_) => "unknown_source",
+            Self::Unpublished(_) => "unpublished",
+            Self::Refused(_) => "refused",
+            Self::Mirror { .. } => "upstream",
+            Self::FetchFailed(_) => "fetch_failed",
+            Self::Catalog(CatalogError::ChannelMoved { .. }) => "conflict",
+            Self::Catalog(_) => "catalog",
+            Self::Store(_) | Self::Io { .. } | Self::CorruptBlob { .. } => "storage",
+            Self::Signing(_) => "signing",
+            Self::Index { .. } => "bad_index",
+        }
+    }
+}
+
+pub type Result<T, E = ChannelsError> = std::result::Result<T, E>;

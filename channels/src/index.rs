@@ -1,0 +1,254 @@
+//! `Packages` indices: reading stanzas, rendering derived indices and their compressed forms.
+//!
+//! A small line scanner rather than a full deb822 parse: sync and promotion run it over whole
+//! suites (tens of MB). Each stanza keeps its raw text, so a rendered index repeats upstream's
+//! stanzas byte for byte.
+
+use debversion::Version;
+use std::io::Write;
+
+/// One package as a `Packages` index describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza<'a> {
+    /// The raw stanza, without its trailing blank line.
+    pub text: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub architecture: &'a str,
+    /// The source package (`Source:` without a version, or the package's own name).
+    pub source: &'a str,
+    pub filename: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed Packages stanza {index} ({name}): {why}")]
+pub struct IndexError {
+    pub index: usize,
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Splits an index into stanzas; every stanza must name its file, size and sha256.
+pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, IndexError> {
+    let mut out = Vec::new();
+    for (index, raw) in text.split("\n\n").enumerate() {
+        let raw = raw.trim_matches('\n');
+        if raw.is_empty() {
+            continue;
+        }
+        let mut s = Stanza {
+            text: raw,
+            name: "",
+            version: "",
+            architecture: "",
+            source: "",
+            filename: "",
+            size: 0,
+            sha256: "",
+        };
+        let mut size = None;
+        for line in raw.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            if line.starts_with([' ', '\t']) {
+                continue;
+            }
+            let value = value.trim();
+            match key {
+                "Package" => s.name = value,
+                "Version" => s.version = value,
+                "Architecture" => s.architecture = value,
+                "Source" => s.source = value.split(' ').next().unwrap_or(value),
+                "Filename" => s.filename = value,
+                "Size" => size = value.parse().ok(),
+                "SHA256" => s.sha256 = value,
+                _ => {}
+            }
+        }
+        let err = |why| IndexError {
+            index,
+            name: s.name.to_owned(),
+            why,
+        };
+        if s.name.is_empty() || s.version.is_empty() || s.architecture.is_empty() {
+            return Err(err("no Package, Version or Architecture"));
+        }
+        if s.filename.is_empty() || s.sha256.len() != 64 {
+            return Err(err("no Filename or SHA256"));
+        }
+        s.size = size.ok_or_else(|| err("no Size"))?;
+        if s.source.is_empty() {
+            s.source = s.name;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Renders stanzas as an index: each stanza's raw text, separated by blank lines.
+pub fn render<'a>(stanzas: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for text in stanzas {
+        out.push_str(text);
+        out.push_str("\n\n");
+    }
+    out
+}
+
+pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    encoder.write_all(bytes)?;
+    encoder.finish()
+}
+
+pub fn xz(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    // Level 1: a rendered index is compressed on every selective promotion; level 6 would
+    // take seconds for a full suite and saves little on text this repetitive.
+    let mut encoder = xz2::write::XzEncoder::new(Vec::new(), 1);
+    encoder.write_all(bytes)?;
+    encoder.finish()
+}
+
+/// dpkg's ordering of two version strings; unparsable versions sort as plain strings.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<Version>(), b.parse::<Version>()) {
+        (Ok(a), Ok(b)) => a.cmp(&b),
+        _ => a.cmp(b),
+    }
+}
+
+/// One alternative of a dependency: `name (op version)`, `:arch` qualifiers dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation<'a> {
+    pub name: &'a str,
+    pub constraint: Option<(&'a str, &'a str)>,
+}
+
+impl Relation<'_> {
+    pub fn satisfied_by(&self, version: &str) -> bool {
+        let Some((op, wanted)) = self.constraint else {
+            return true;
+        };
+        let ord = compare_versions(version, wanted);
+        use std::cmp::Ordering::*;
+        match op {
+            ">=" => ord != Less,
+            "<=" => ord != Greater,
+            ">>" | ">" => ord == Greater,
+            "<<" | "<" => ord == Less,
+            "=" => ord == Equal,
+            _ => true,
+        }
+    }
+}
+
+/// The `Depends` and `Pre-Depends` of a stanza: groups of alternatives.
+pub fn dependencies<'a>(stanza: &Stanza<'a>) -> Vec<Vec<Relation<'a>>> {
+    let mut groups = Vec::new();
+    let mut lines = stanza.text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let value = match line.split_once(':') {
+            Some(("Depends" | "Pre-Depends", v)) => v,
+            _ => continue,
+        };
+        // Continuation lines belong to the field.
+        let mut field = vec![value];
+        while let Some(next) = lines.peek() {
+            if next.starts_with([' ', '\t']) {
+                field.push(next);
+                lines.next();
+            } else {
+                break;
+            }
+        }
+        for part in field {
+            for group in part.split(',') {
+                let alternatives: Vec<_> = group
+                    .split('|')
+                    .filter_map(|alt| parse_relation(alt.trim()))
+                    .collect();
+                if !alternatives.is_empty() {
+                    groups.push(alternatives);
+                }
+            }
+        }
+    }
+    groups
+}
+
+fn parse_relation(text: &str) -> Option<Relation<'_>> {
+    let text = text.split('[').next()?.trim();
+    let (name, constraint) = match text.split_once('(') {
+        Some((name, rest)) => {
+            let inner = rest.trim_end_matches(')').trim();
+            let split = inner
+                .find(|c: char| !matches!(c, '<' | '>' | '='))
+                .unwrap_or(inner.len());
+            let (op, version) = inner.split_at(split);
+            (name.trim(), Some((op.trim(), version.trim())))
+        }
+        None => (text, None),
+    };
+    let name = name.split(':').next()?.trim();
+    (!name.is_empty()).then_some(Relation { name, constraint })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn stanza(name: &str, version: &str, extra: &str) -> String {
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}\
+             Filename: pool/main/{name}_{version}_amd64.deb\nSize: 10\nSHA256: {SHA}"
+        )
+    }
+
+    #[test]
+    fn parses_and_renders_byte_for_byte() {
+        let text = render([
+            stanza("a", "1.0", "Source: src-a (1.0-1)\n").as_str(),
+            stanza("b", "2.0", "").as_str(),
+        ]);
+        let parsed = parse(&text).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].source, "src-a");
+        assert_eq!(parsed[1].source, "b");
+        assert_eq!(parsed[1].size, 10);
+        assert_eq!(render(parsed.iter().map(|s| s.text)), text);
+    }
+
+    #[test]
+    fn refuses_stanzas_without_a_digest() {
+        let text = "Package: a\nVersion: 1\nArchitecture: all\nFilename: x\nSize: 1\n";
+        assert!(parse(text).is_err());
+    }
+
+    #[test]
+    fn reads_dependencies_with_constraints_and_alternatives() {
+        let text = stanza(
+            "a",
+            "1.0",
+            "Depends: libc6 (>= 2.36), foo | bar:any,\n baz [amd64]\nPre-Depends: dpkg (>> 1.0)\n",
+        );
+        let parsed = parse(&text).unwrap();
+        let deps = dependencies(&parsed[0]);
+        let names: Vec<Vec<&str>> = deps
+            .iter()
+            .map(|g| g.iter().map(|r| r.name).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [vec!["libc6"], vec!["foo", "bar"], vec!["baz"], vec!["dpkg"]]
+        );
+        assert!(deps[0][0].satisfied_by("2.36-9"));
+        assert!(!deps[0][0].satisfied_by("2.35"));
+        assert!(!deps[3][0].satisfied_by("1.0"));
+        assert!(deps[3][0].satisfied_by("1.0-1"));
+    }
+}
