@@ -522,9 +522,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             s.components.join(" ")
         );
     }
+    if !config.sync.interval.is_zero() {
+        tokio::spawn(sync_schedule(
+            state.channels.clone(),
+            sources.iter().map(|s| s.name.to_string()).collect(),
+            config.sync.interval,
+        ));
+    }
     aptgate::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("aptgate stopped");
     Ok(())
+}
+
+/// Syncs every source every `interval`, the first time one interval after start.
+async fn sync_schedule(
+    channels: std::sync::Arc<aptgate_channels::Channels>,
+    sources: Vec<String>,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for source in &sources {
+            let actor = Actor {
+                name: "schedule".into(),
+                comment: None,
+            };
+            match channels.sync(source, &actor, &|_: &str| {}).await {
+                Ok(outcome) => tracing::info!(
+                    source,
+                    snapshot = ?outcome.snapshot,
+                    packages = outcome.packages,
+                    "scheduled sync done"
+                ),
+                Err(e) => tracing::warn!(source, error = %e, "scheduled sync failed"),
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

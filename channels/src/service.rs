@@ -14,6 +14,7 @@ use crate::manifest::*;
 use crate::signing::KeyStore;
 use aptgate_config::{ChannelConfig, Config, FetchPolicy, PublishConfig, SourceConfig};
 use aptgate_mirror::{Expected, Mirror, Sha256, Store};
+use futures::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ use tracing::{info, warn};
 /// How long a request may see a channel's previous position after another server instance
 /// (sharing the PostgreSQL catalog) moved it. Moves made by this process show at once.
 const CHANNEL_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Package downloads a promotion or an `immediate` sync runs at once.
+const FETCH_CONCURRENCY: usize = 8;
 
 /// A channel as served: its publication and the manifest it publishes.
 #[derive(Debug)]
@@ -646,20 +650,29 @@ impl Channels {
         let total = wanted.len();
         let mut failures = Vec::new();
         let mut fetched = 0u64;
-        for (i, (digest, (path, size))) in wanted.into_iter().enumerate() {
-            let origin = match self.catalog.package(&digest.to_hex()).await? {
-                Some(p) if !p.package.origin.is_empty() => p.package.origin,
-                _ => {
-                    failures.push(format!("{path}: no upstream source recorded"));
-                    continue;
-                }
-            };
-            match self.mirror.store_blob(&origin, &path, digest, size).await {
+        // Several downloads at once: one at a time leaves a fast upstream idle between files.
+        let mut results = futures::stream::iter(wanted)
+            .map(|(digest, (path, size))| async move {
+                let origin = match self.catalog.package(&digest.to_hex()).await {
+                    Ok(Some(p)) if !p.package.origin.is_empty() => p.package.origin,
+                    Ok(_) => return Err(format!("{path}: no upstream source recorded")),
+                    Err(e) => return Err(format!("{path}: {e}")),
+                };
+                self.mirror
+                    .store_blob(&origin, &path, digest, size)
+                    .await
+                    .map_err(|e| format!("{path} (from {origin}): {e}"))
+            })
+            .buffer_unordered(FETCH_CONCURRENCY);
+        let mut done = 0;
+        while let Some(result) = results.next().await {
+            done += 1;
+            match result {
                 Ok(_) => fetched += 1,
-                Err(e) => failures.push(format!("{path} (from {origin}): {e}")),
+                Err(failure) => failures.push(failure),
             }
-            if (i + 1) % 100 == 0 || i + 1 == total {
-                progress(&format!("fetched {} of {total} packages", i + 1));
+            if done % 100 == 0 || done == total {
+                progress(&format!("fetched {done} of {total} packages"));
             }
         }
         if failures.is_empty() {
@@ -1184,13 +1197,6 @@ impl Channels {
         let _ = writeln!(out, "Components: {}", sm.components.join(" "));
         let _ = writeln!(out, "Description: aptgate channel {channel}");
         let _ = writeln!(out, "Acquire-By-Hash: yes");
-        if !self.publish.public_url.is_empty() {
-            let _ = writeln!(
-                out,
-                "Snapshots: {}/channels/{channel}/snapshots/@SNAPSHOTID@",
-                self.publish.public_url.trim_end_matches('/')
-            );
-        }
         let _ = writeln!(out, "SHA256:");
         for (key, files) in &sm.indices {
             for (name, blob) in files.files() {

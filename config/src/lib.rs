@@ -32,6 +32,7 @@ pub struct Config {
     pub host_apt: HostAptConfig,
     pub database: DatabaseConfig,
     pub publish: PublishConfig,
+    pub sync: SyncConfig,
     /// Named upstream sources. Empty means "import the host's apt sources".
     pub sources: Vec<SourceConfig>,
     /// Channels published at `/channels/<name>/`.
@@ -47,6 +48,7 @@ impl Default for Config {
             host_apt: HostAptConfig::default(),
             database: DatabaseConfig::default(),
             publish: PublishConfig::default(),
+            sync: SyncConfig::default(),
             sources: Vec::new(),
             channels: Vec::new(),
         }
@@ -150,9 +152,6 @@ pub struct PublishConfig {
     /// How long a superseded index stays reachable under `by-hash/`.
     #[serde(with = "humantime_secs")]
     pub by_hash_grace: Duration,
-    /// The URL hosts reach this server at (`http://mirror.example.org:8470`); when set, each
-    /// channel's Release carries apt's `Snapshots:` field pointing at its retained snapshots.
-    pub public_url: String,
 }
 
 impl Default for PublishConfig {
@@ -161,7 +160,23 @@ impl Default for PublishConfig {
             key_name: "aptgate".into(),
             valid_until: Duration::ZERO,
             by_hash_grace: Duration::from_secs(24 * 3600),
-            public_url: String::new(),
+        }
+    }
+}
+
+/// Syncs `aptgate serve` runs on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Sync every source this often (`6h`); `0` syncs only on `aptgate sync`.
+    #[serde(with = "humantime_secs")]
+    pub interval: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(6 * 3600),
         }
     }
 }
