@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(aptgate_mirror::routes())
         .merge(aptgate_channels::routes::routes())
+        .merge(aptgate_channels::api::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use aptgate::{resolve_sources, AppState};
-use aptgate_channels::catalog::{AuditAction, AuditFilter};
-use aptgate_channels::{Actor, MoveOutcome, PromoteRequest};
+use aptgate_channels::catalog::{AuditEntry, ChannelState, HistoryEntry, Snapshot};
+use aptgate_channels::{Actor, Diff, MoveOutcome, SyncOutcome};
 use aptgate_config::{load, Config, LoadOptions, Override};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -24,6 +24,12 @@ struct Cli {
     /// Address to listen on (config: server.listen).
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
+    /// The server admin commands talk to (default: http://<server.listen>).
+    #[arg(long, global = true, env = "APTGATE_SERVER")]
+    server: Option<String>,
+    /// Admin API token (default: read from <data_dir>/admin-token).
+    #[arg(long, global = true, env = "APTGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -234,17 +240,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         command => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            runtime.block_on(admin(loaded.config, command))
+            runtime.block_on(admin(loaded.config, cli.server, cli.token, command))
         }
     }
-}
-
-/// Who runs an admin command, for the audit log.
-fn actor(comment: Option<String>) -> Actor {
-    let name = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "cli".into());
-    Actor { name, comment }
 }
 
 fn date(t: i64) -> String {
@@ -253,21 +251,120 @@ fn date(t: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
-    let sources = resolve_sources(&config)?;
-    let state = AppState::open(&config, &sources).await?;
-    let channels = &state.channels;
+/// The server's admin API, as the CLI talks to it.
+struct AdminClient {
+    base: String,
+    token: String,
+    actor: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    fn new(config: &Config, server: Option<String>, token: Option<String>) -> anyhow::Result<Self> {
+        let base = server.unwrap_or_else(|| {
+            // A server listening on every address is reached on loopback.
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        });
+        let token = match token {
+            Some(t) => t,
+            None => {
+                let path = aptgate_channels::api::token_path(&config.data_dir);
+                fs_err::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| {
+                        format!(
+                            "cannot read the admin token\nhint: run as the user that runs \
+                             `aptgate serve` (the token is in {}), or pass --token / APTGATE_TOKEN",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        let actor = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "cli".into());
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            actor,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .header("x-aptgate-actor", &self.actor);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the aptgate server at {}\nhint: start it with `aptgate serve`, \
+                 or point --server at it",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .context("reading the server's answer")?;
+        if !status.is_success() {
+            let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            anyhow::bail!(
+                "{} ({})",
+                error["message"].as_str().unwrap_or(&text),
+                error["code"].as_str().unwrap_or(status.as_str())
+            );
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn admin(
+    config: Config,
+    server: Option<String>,
+    token: Option<String>,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    let api = AdminClient::new(&config, server, token)?;
     match command {
         Command::Sync { source } => {
-            let names: Vec<String> = match source {
-                Some(s) => vec![s],
-                None => sources.iter().map(|s| s.name.to_string()).collect(),
-            };
             let started = std::time::Instant::now();
-            for name in names {
-                let outcome = channels
-                    .sync(&name, &actor(None), &|line: &str| eprintln!("  {line}"))
-                    .await?;
+            let outcomes: Vec<SyncOutcome> = api
+                .post("sync", serde_json::json!({ "source": source }))
+                .await?;
+            for outcome in outcomes {
+                let name = &outcome.source;
                 match &outcome.snapshot {
                     Some(id) => println!(
                         "{name}: new snapshot {id}: {} packages ({} new){}{}",
@@ -291,17 +388,9 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshot { command } => match command {
             SnapshotCommand::List { json } => {
-                let list = channels.catalog().list_snapshots().await?;
+                let list: Vec<Snapshot> = api.get("snapshots").await?;
                 if json {
-                    let rows: Vec<_> = list
-                        .iter()
-                        .map(|s| {
-                            serde_json::json!({"id": s.id, "created_at": s.created_at,
-                                "kind": s.kind.as_str(), "sources": s.sources,
-                                "description": s.description})
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
                     println!("{:<40} {:<20} {:<6} DESCRIPTION", "ID", "CREATED", "KIND");
                     for s in list {
@@ -316,22 +405,28 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             SnapshotCommand::Show { snapshot } => {
-                let s = channels.snapshot(&snapshot).await?;
-                let manifest = channels.manifest(&s).await?;
+                let shown: serde_json::Value =
+                    api.get(&format!("snapshots/{}", encode(&snapshot))).await?;
+                let s: Snapshot = serde_json::from_value(shown["snapshot"].clone())?;
                 println!("snapshot:  {}", s.id);
                 println!("created:   {}", date(s.created_at));
                 println!("kind:      {}", s.kind.as_str());
                 println!("sources:   {}", s.sources.join(", "));
                 println!("about:     {}", s.description);
-                println!("packages:  {}", manifest.package_count());
-                for (suite, sm) in &manifest.suites {
-                    for (key, files) in &sm.indices {
-                        println!("  {suite:<20} {key:<28} {:>8} packages", files.packages);
-                    }
+                println!("packages:  {}", shown["packages"]);
+                for index in shown["indices"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<20} {:<28} {:>8} packages",
+                        index["suite"].as_str().unwrap_or(""),
+                        index["index"].as_str().unwrap_or(""),
+                        index["packages"]
+                    );
                 }
             }
             SnapshotCommand::Diff { a, b, json } => {
-                let diff = channels.diff(&a, &b).await?;
+                let diff: Diff = api
+                    .get(&format!("snapshots/{}/diff/{}", encode(&a), encode(&b)))
+                    .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&diff)?);
                 } else {
@@ -362,8 +457,9 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Channel { command } => match command {
             ChannelCommand::List => {
+                let list: Vec<ChannelState> = api.get("channels").await?;
                 println!("{:<20} {:<40} {:>4} UPDATED", "CHANNEL", "SNAPSHOT", "GEN");
-                for c in channels.catalog().list_channels().await? {
+                for c in list {
                     println!(
                         "{:<20} {:<40} {:>4} {}",
                         c.name,
@@ -374,11 +470,17 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             ChannelCommand::History { channel, limit } => {
+                let history: Vec<HistoryEntry> = api
+                    .get(&format!(
+                        "channels/{}/history?limit={limit}",
+                        encode(&channel)
+                    ))
+                    .await?;
                 println!(
                     "{:>4} {:<20} {:<9} {:<40} {:<12} COMMENT",
                     "GEN", "AT", "ACTION", "SNAPSHOT", "ACTOR"
                 );
-                for h in channels.history(&channel, limit).await? {
+                for h in history {
                     println!(
                         "{:>4} {:<20} {:<9} {:<40} {:<12} {}",
                         h.generation,
@@ -397,8 +499,11 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             only,
             comment,
         } => {
-            let outcome = channels
-                .promote(&PromoteRequest { from, to, only }, &actor(comment))
+            let outcome: MoveOutcome = api
+                .post(
+                    "promote",
+                    serde_json::json!({"from": from, "to": to, "only": only, "comment": comment}),
+                )
                 .await?;
             print_move(&outcome);
         }
@@ -407,7 +512,13 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             package,
             comment,
         } => {
-            if channels.hold(&channel, &package, &actor(comment)).await? {
+            let changed: serde_json::Value = api
+                .post(
+                    &format!("channels/{}/holds", encode(&channel)),
+                    serde_json::json!({"package": package, "comment": comment}),
+                )
+                .await?;
+            if changed["changed"] == true {
                 println!("{package} is now held in {channel}");
             } else {
                 println!("{package} was already held in {channel}");
@@ -418,7 +529,12 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             package,
             comment,
         } => {
-            if channels.unhold(&channel, &package, &actor(comment)).await? {
+            let mut path = format!("channels/{}/holds/{}", encode(&channel), encode(&package));
+            if let Some(c) = comment {
+                path.push_str(&format!("?comment={}", encode(&c)));
+            }
+            let changed: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;
+            if changed["changed"] == true {
                 println!("{package} is no longer held in {channel}");
             } else {
                 println!("{package} was not held in {channel}");
@@ -429,44 +545,38 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             to,
             comment,
         } => {
-            let outcome = channels
-                .rollback(&channel, to.as_deref(), &actor(comment))
+            let outcome: MoveOutcome = api
+                .post(
+                    &format!("channels/{}/rollback", encode(&channel)),
+                    serde_json::json!({"to": to, "comment": comment}),
+                )
                 .await?;
             print_move(&outcome);
         }
         Command::Key {
             command: KeyCommand::Show,
-        } => print!("{}", channels.public_keys()?),
+        } => {
+            let keys: serde_json::Value = api.get("keys").await?;
+            print!("{}", keys["armored"].as_str().unwrap_or_default());
+        }
         Command::Audit {
             channel,
             action,
             limit,
             json,
         } => {
-            let action = match action {
-                Some(a) => Some(AuditAction::parse(&a).with_context(|| {
-                    format!("unknown action {a:?}; one of sync, snapshot, promote, hold, release, rollback, key")
-                })?),
-                None => None,
-            };
-            let entries = channels
-                .catalog()
-                .audit(&AuditFilter {
-                    channel,
-                    action,
-                    since: None,
-                    limit: Some(limit),
-                })
-                .await?;
+            let mut query = format!("audit?limit={limit}");
+            if let Some(c) = channel {
+                query.push_str(&format!("&channel={}", encode(&c)));
+            }
+            if let Some(a) = action {
+                query.push_str(&format!("&action={}", encode(&a)));
+            }
+            let entries: Vec<AuditEntry> = api.get(&query).await?;
             for e in entries {
                 let e = e.entry;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"at": e.at, "actor": e.actor, "action": e.action.as_str(),
-                            "channel": e.channel, "from": e.from_snapshot, "to": e.to_snapshot,
-                            "comment": e.comment, "summary": e.summary})
-                    );
+                    println!("{}", serde_json::to_string(&e)?);
                 } else {
                     println!(
                         "{} {:<10} {:<9} {:<12} {} -> {} {} {}",
@@ -486,7 +596,6 @@ async fn admin(config: Config, command: Command) -> anyhow::Result<ExitCode> {
             unreachable!("handled in run")
         }
     }
-    state.channels.catalog().close().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@
 //! promotion with holds, rollback and rules, and the signed apt repository each channel is
 //! published as under `/channels/<channel>/`.
 
+pub mod api;
 pub mod catalog;
 mod error;
 pub mod index;

@@ -24,6 +24,9 @@ use tracing::{info, warn};
 /// (sharing the PostgreSQL catalog) moved it. Moves made by this process show at once.
 const CHANNEL_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How often a promotion is prepared again when another server instance moved the channel.
+const MOVE_ATTEMPTS: u32 = 5;
+
 /// Package downloads a promotion or an `immediate` sync runs at once.
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -51,7 +54,7 @@ impl Actor {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SyncOutcome {
     pub source: String,
     /// The new snapshot, or `None` when upstream is unchanged since the last sync.
@@ -63,15 +66,16 @@ pub struct SyncOutcome {
     pub downloaded: u64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PromoteRequest {
     pub from: String,
     pub to: String,
     /// Only these packages (and the dependencies the target lacks); empty = everything.
+    #[serde(default)]
     pub only: Vec<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MoveOutcome {
     pub channel: String,
     pub from_snapshot: Option<String>,
@@ -81,7 +85,7 @@ pub struct MoveOutcome {
     pub fetched: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiffSummary {
     pub added: usize,
     pub removed: usize,
@@ -90,7 +94,7 @@ pub struct DiffSummary {
 }
 
 /// One package's change between two snapshots.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub suite: String,
     pub name: String,
@@ -99,7 +103,7 @@ pub struct Change {
     pub to: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Diff {
     pub added: Vec<Change>,
     pub removed: Vec<Change>,
@@ -127,6 +131,7 @@ pub struct Channels {
     keys: Mutex<KeyStore>,
     channels: BTreeMap<String, ChannelConfig>,
     sources: Vec<SourceConfig>,
+    admin_token: String,
     publish: PublishConfig,
     /// One move at a time per channel in this process; the catalog's generation check
     /// catches moves by other processes.
@@ -177,6 +182,16 @@ impl Channels {
         for c in &config.channels {
             catalog.ensure_channel(c.name.as_str(), now()).await?;
         }
+        let (admin_token, created) = crate::api::load_or_create_token(&config.data_dir)
+            .context("creating the admin token")?;
+        if created {
+            // Printed once; afterwards it is only in the root-only file.
+            eprintln!(
+                "created the admin API token (also in {}, mode 0600):
+  {admin_token}",
+                crate::api::token_path(&config.data_dir).display()
+            );
+        }
         Ok(Arc::new(Self {
             catalog,
             mirror,
@@ -187,6 +202,7 @@ impl Channels {
                 .map(|c| (c.name.to_string(), c.clone()))
                 .collect(),
             sources: sources.to_vec(),
+            admin_token,
             publish: config.publish.clone(),
             locks: Mutex::default(),
             served: RwLock::default(),
@@ -196,6 +212,15 @@ impl Channels {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The sources a sync without a name covers.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name.to_string()).collect()
     }
 
     fn store(&self) -> &Store {
@@ -866,7 +891,26 @@ impl Channels {
     }
 
     /// Promotes `req.from`'s snapshot (or only the named packages) into `req.to`.
+    ///
+    /// Promotions of one channel serialize: in this process on the channel's lock; across
+    /// server instances sharing the catalog, a promotion that finds the channel moved while it
+    /// was prepared is prepared again from the new position (a few times, then it fails).
     pub async fn promote(&self, req: &PromoteRequest, actor: &Actor) -> Result<MoveOutcome> {
+        let mut attempt = 1;
+        loop {
+            match self.promote_once(req, actor).await {
+                Err(ChannelsError::Catalog(CatalogError::ChannelMoved { .. }))
+                    if attempt < MOVE_ATTEMPTS =>
+                {
+                    info!(channel = %req.to, attempt, "channel moved meanwhile; promoting again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn promote_once(&self, req: &PromoteRequest, actor: &Actor) -> Result<MoveOutcome> {
         let to_config = self.channel_config(&req.to)?.clone();
         let from_state = self.channel_state(&req.from).await?;
         if let Some(allowed) = &to_config.promotes_from {

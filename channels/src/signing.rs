@@ -302,7 +302,7 @@ impl KeyStore {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     {

@@ -8,7 +8,14 @@ use std::path::PathBuf;
 use toml::{Table, Value};
 
 /// Environment variables the CLI reads itself; they are not configuration keys.
-const NOT_KEYS: &[&str] = &["APTGATE_CONFIG", "APTGATE_LOG", "APTGATE_LOG_FORMAT"];
+const NOT_KEYS: &[&str] = &[
+    "APTGATE_CONFIG",
+    "APTGATE_LOG",
+    "APTGATE_LOG_FORMAT",
+    "APTGATE_SERVER",
+    "APTGATE_TOKEN",
+    "APTGATE_TEST_POSTGRES_URL",
+];
 
 #[derive(Debug, Default, Clone)]
 pub struct LoadOptions {

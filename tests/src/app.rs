@@ -222,3 +222,27 @@ impl Harness {
             .expect("request to aptgate")
     }
 }
+
+/// The workspace's `aptgate` binary (built by `scripts/test` before the tests), with no
+/// `APTGATE_*` variables inherited from the caller.
+pub fn aptgate_command() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("aptgate");
+    assert!(
+        bin.is_file(),
+        "build the workspace first: {} missing",
+        bin.display()
+    );
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("NO_COLOR", "1");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("APTGATE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}

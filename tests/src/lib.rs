@@ -4,5 +4,6 @@ pub mod app;
 pub mod apt;
 pub mod db;
 pub mod fixture;
+pub mod process;
 pub mod signing;
 pub mod upstream;

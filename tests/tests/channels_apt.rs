@@ -4,10 +4,12 @@
 use aptgate_channels::catalog::{AuditAction, AuditFilter};
 use aptgate_channels::{Actor, ChannelsError, PromoteRequest};
 use aptgate_config::{ChannelConfig, Config};
-use aptgate_tests::app::{client, fixture_source, test_mirror_config, TestApp};
+use aptgate_tests::app::{aptgate_command, client, fixture_source, test_mirror_config, TestApp};
 use aptgate_tests::apt::AptRoot;
 use aptgate_tests::db::{Backend, TestDatabase};
-use aptgate_tests::fixture::{FixtureRepo, FixtureSpec};
+use aptgate_tests::fixture::{FixtureRepo, FixtureSpec, LARGE_PACKAGE};
+use aptgate_tests::process::ServerProcess;
+use aptgate_tests::upstream::Misbehaviour;
 use aptgate_tests::upstream::Upstream;
 use std::time::Duration;
 
@@ -31,67 +33,105 @@ fn channel(name: &str) -> ChannelConfig {
     }
 }
 
+/// A fixture upstream and the configuration of an aptgate in front of it, with a testing
+/// channel following the source and an approved channel promoted from testing.
+struct Parts {
+    dir: tempfile::TempDir,
+    repo: FixtureRepo,
+    upstream: Upstream,
+    config: Config,
+    db: TestDatabase,
+}
+
+async fn parts(backend: Backend, approved_soak: Duration, spec: FixtureSpec) -> Parts {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::generate(&dir.path().join("upstream"), &spec).unwrap();
+    let upstream = Upstream::start(repo.root().to_owned()).await;
+    let data_dir = dir.path().join("data");
+    let db = TestDatabase::new(backend, &data_dir).await;
+    let mut config = Config {
+        data_dir,
+        sources: vec![fixture_source(&upstream, &repo)],
+        mirror: test_mirror_config(&upstream),
+        ..Config::default()
+    };
+    config.database.url = db.url.clone();
+    config.sync.interval = Duration::ZERO;
+    config.channels = vec![
+        ChannelConfig {
+            follows: Some("fixture".parse().unwrap()),
+            ..channel("testing")
+        },
+        ChannelConfig {
+            promotes_from: Some("testing".parse().unwrap()),
+            min_soak: approved_soak,
+            ..channel("approved")
+        },
+    ];
+    Parts {
+        dir,
+        repo,
+        upstream,
+        config,
+        db,
+    }
+}
+
+/// Saves the server's public key where hosts read it.
+async fn fetch_key(url: &str, path: &std::path::Path) {
+    let armored = client()
+        .get(format!("{url}/keys/aptgate.asc"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    fs_err::write(path, armored).unwrap();
+}
+
+/// An apt root on `channel` of the server at `url` (re-pointed if it exists).
+fn host_at(
+    dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    channel: &str,
+    key: &std::path::Path,
+) -> AptRoot {
+    let root = AptRoot::new(&dir.join(name)).unwrap();
+    root.add_source(
+        "aptgate",
+        &format!("{url}/channels/{channel}"),
+        "stable",
+        &["main", "contrib"],
+        key,
+    )
+    .unwrap();
+    root
+}
+
 impl Setup {
     async fn new(backend: Backend, approved_soak: Duration) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
         let spec = FixtureSpec::default().large_payload(64 << 10);
-        let repo = FixtureRepo::generate(&dir.path().join("upstream"), &spec).unwrap();
-        let upstream = Upstream::start(repo.root().to_owned()).await;
-        let data_dir = dir.path().join("data");
-        let db = TestDatabase::new(backend, &data_dir).await;
-        let mut config = Config {
-            data_dir,
-            sources: vec![fixture_source(&upstream, &repo)],
-            mirror: test_mirror_config(&upstream),
-            ..Config::default()
-        };
-        config.database.url = db.url.clone();
-        config.channels = vec![
-            ChannelConfig {
-                follows: Some("fixture".parse().unwrap()),
-                ..channel("testing")
-            },
-            ChannelConfig {
-                promotes_from: Some("testing".parse().unwrap()),
-                min_soak: approved_soak,
-                ..channel("approved")
-            },
-        ];
-        let app = TestApp::start_config(config).await;
+        let p = parts(backend, approved_soak, spec).await;
+        let app = TestApp::start_config(p.config).await;
         // Hosts trust the key the server publishes.
-        let key = dir.path().join("aptgate.asc");
-        let armored = client()
-            .get(format!("{}/keys/aptgate.asc", app.url))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        fs_err::write(&key, armored).unwrap();
+        let key = p.dir.path().join("aptgate.asc");
+        fetch_key(&app.url, &key).await;
         Setup {
-            dir,
-            repo,
-            _upstream: upstream,
+            dir: p.dir,
+            repo: p.repo,
+            _upstream: p.upstream,
             app,
             key,
-            _db: db,
+            _db: p.db,
         }
     }
 
     fn host(&self, name: &str, channel: &str) -> AptRoot {
-        let root = AptRoot::new(&self.dir.path().join(name)).unwrap();
-        root.add_source(
-            "aptgate",
-            &format!("{}/channels/{channel}", self.app.url),
-            "stable",
-            &["main", "contrib"],
-            &self.key,
-        )
-        .unwrap();
-        root
+        host_at(self.dir.path(), name, &self.app.url, channel, &self.key)
     }
 
     async fn sync(&self) -> aptgate_channels::SyncOutcome {
@@ -157,7 +197,13 @@ macro_rules! both_backends {
     )*};
 }
 
-both_backends!(promotion_story, refusals_are_clear);
+both_backends!(
+    promotion_story,
+    refusals_are_clear,
+    admin_api_and_cli,
+    concurrent_promotions_serialize,
+    a_killed_promotion_leaves_the_channel_consistent,
+);
 
 async fn promotion_story(backend: Backend) {
     let mut s = Setup::new(backend, Duration::ZERO).await;
@@ -367,4 +413,262 @@ async fn refusals_are_clear(backend: Backend) {
         .await
         .unwrap();
     assert!(r.status() == 404 || r.status() == 400, "{}", r.status());
+}
+
+/// Runs the `aptgate` CLI against the test server; returns stdout, panics with stderr.
+fn cli(s: &Setup, token: &str, args: &[&str]) -> Result<String, String> {
+    cli_at(&s.app.url, token, args)
+}
+
+fn cli_at(url: &str, token: &str, args: &[&str]) -> Result<String, String> {
+    let out = aptgate_command()
+        .args(["--server", url, "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+async fn admin_api_and_cli(backend: Backend) {
+    let s = Setup::new(backend, Duration::ZERO).await;
+    let token_file = s.app.data_dir().join("admin-token");
+    let token = fs_err::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs_err::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+
+    // Without the token: 401 with a JSON error; the OpenAPI document is public.
+    let r = client()
+        .get(format!("{}/api/v1/channels", s.app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    let openapi: serde_json::Value = client()
+        .get(format!("{}/api/v1/openapi.json", s.app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert!(openapi["paths"]["/api/v1/promote"]["post"].is_object());
+
+    // The CLI goes through the API.
+    let err = cli(&s, "wrong", &["channel", "list"]).unwrap_err();
+    assert!(err.contains("unauthorized"), "{err}");
+    let out = cli(&s, &token, &["sync"]).unwrap();
+    assert!(
+        out.contains("new snapshot") && out.contains("moved testing"),
+        "{out}"
+    );
+    let out = cli(
+        &s,
+        &token,
+        &[
+            "promote",
+            "--from",
+            "testing",
+            "--to",
+            "approved",
+            "--comment",
+            "CAB 7",
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("approved: (unpublished) ->"), "{out}");
+    let err = cli(
+        &s,
+        &token,
+        &["promote", "--from", "testing", "--to", "nope"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("unknown channel") && err.contains("unknown_channel"),
+        "{err}"
+    );
+    let out = cli(
+        &s,
+        &token,
+        &["hold", "approved", "hello", "--comment", "vendor bug"],
+    )
+    .unwrap();
+    assert!(out.contains("now held"), "{out}");
+    let out = cli(&s, &token, &["channel", "history", "approved"]).unwrap();
+    assert!(out.contains("promote") && out.contains("CAB 7"), "{out}");
+    let out = cli(&s, &token, &["audit", "--channel", "approved", "--json"]).unwrap();
+    let actions: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].to_string())
+        .collect();
+    assert_eq!(actions, ["\"hold\"", "\"promote\""]);
+    let key = cli(&s, &token, &["key", "show"]).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{key}"
+    );
+    let snapshots = cli(&s, &token, &["snapshot", "list", "--json"]).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&snapshots).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let shown = cli(&s, &token, &["snapshot", "show", &id]).unwrap();
+    assert!(shown.contains("main/binary-amd64"), "{shown}");
+    let diff = cli(&s, &token, &["snapshot", "diff", &id, &id]).unwrap();
+    assert!(
+        diff.contains("0 added, 0 removed, 0 upgraded, 0 downgraded"),
+        "{diff}"
+    );
+}
+
+async fn concurrent_promotions_serialize(backend: Backend) {
+    let s = Setup::new(backend, Duration::ZERO).await;
+    s.sync().await;
+    // A second server instance on the same catalog and data directory (as behind a load
+    // balancer): its promotions race this one's.
+    let other = aptgate::AppState::open(&s.app.config, &s.app.config.sources)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let channels = if i % 2 == 0 {
+            s.app.state.channels.clone()
+        } else {
+            other.channels.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            channels
+                .promote(
+                    &PromoteRequest {
+                        from: "testing".into(),
+                        to: "approved".into(),
+                        only: Vec::new(),
+                    },
+                    &Actor::new(format!("admin-{i}")),
+                )
+                .await
+        }));
+    }
+    // They serialize: every one moves the channel, none is lost or fails.
+    let mut moved = 0;
+    for task in tasks {
+        task.await.unwrap().unwrap();
+        moved += 1;
+    }
+    let history = s.app.state.channels.history("approved", 100).await.unwrap();
+    let generations: Vec<i64> = history.iter().rev().map(|h| h.generation).collect();
+    assert_eq!(generations, (1..=moved).collect::<Vec<i64>>());
+    let state = s
+        .app
+        .state
+        .channels
+        .catalog()
+        .channel("approved")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.generation, moved);
+    let host = s.host("host", "approved");
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-1");
+}
+
+async fn a_killed_promotion_leaves_the_channel_consistent(backend: Backend) {
+    let spec = FixtureSpec::default().large_payload(2 << 20);
+    let mut p = parts(backend, Duration::ZERO, spec).await;
+    let dir = p.dir.path().to_owned();
+    let config_path = dir.join("aptgate.toml");
+    let mut server = ServerProcess::start(&p.config, config_path.clone());
+    let token = fs_err::read_to_string(p.config.data_dir.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let key = dir.join("aptgate.asc");
+    fetch_key(&server.url, &key).await;
+    cli_at(&server.url, &token, &["sync"]).unwrap();
+    cli_at(
+        &server.url,
+        &token,
+        &["promote", "--from", "testing", "--to", "approved"],
+    )
+    .unwrap();
+    let old = cli_at(&server.url, &token, &["channel", "list"]).unwrap();
+
+    // A new upstream state whose promotion takes a while: the new big .deb arrives slowly.
+    p.repo.bump("foo-utils", "1.4.2-2").unwrap();
+    let big = p.repo.bump(LARGE_PACKAGE, "1.0-2").unwrap();
+    p.upstream.misbehave(
+        &big.pool_path,
+        Misbehaviour::Throttle {
+            bytes_per_sec: 2 << 20,
+        },
+    );
+    cli_at(&server.url, &token, &["sync"]).unwrap();
+    let new_snapshot = cli_at(&server.url, &token, &["channel", "list"])
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("testing"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(!old.contains(&new_snapshot));
+
+    for delay_ms in [150, 600, 1200] {
+        let promote = aptgate_command()
+            .args(["--server", &server.url, "--token", &token])
+            .args(["promote", "--from", "testing", "--to", "approved"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        server.kill();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut promote = promote;
+            promote.wait()
+        })
+        .await;
+        server = ServerProcess::start(&p.config, config_path.clone());
+
+        // The channel is at the old snapshot or the new one, and apt agrees with it.
+        let list = cli_at(&server.url, &token, &["channel", "list"]).unwrap();
+        let moved = list
+            .lines()
+            .any(|l| l.starts_with("approved") && l.contains(&new_snapshot));
+        eprintln!("killed at {delay_ms} ms: channel moved = {moved}");
+        let host = host_at(&dir, "host", &server.url, "approved", &key);
+        let expected = if moved { "1.4.2-2" } else { "1.4.2-1" };
+        assert_eq!(
+            candidate(&host, "foo-utils").await,
+            expected,
+            "after a kill at {delay_ms} ms"
+        );
+        host.download(&["foo-utils", LARGE_PACKAGE])
+            .await
+            .unwrap()
+            .assert_success();
+        if moved {
+            cli_at(&server.url, &token, &["rollback", "approved"]).unwrap();
+        }
+    }
+    // Uninterrupted, the promotion completes.
+    cli_at(
+        &server.url,
+        &token,
+        &["promote", "--from", "testing", "--to", "approved"],
+    )
+    .unwrap();
+    let host = host_at(&dir, "host", &server.url, "approved", &key);
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
+    server.kill();
+    drop(p.db);
 }

@@ -1,31 +1,11 @@
 //! The `aptgate` binary: `config show`, `serve` importing the host's apt sources, `store verify`.
 
+use aptgate_tests::app::aptgate_command as aptgate;
 use aptgate_tests::fixture::{FixtureRepo, FixtureSpec};
 use aptgate_tests::upstream::Upstream;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The workspace's `aptgate` binary, built alongside this test.
-fn aptgate() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin: PathBuf = dir.join("aptgate");
-    assert!(
-        bin.is_file(),
-        "build the workspace first: {} missing",
-        bin.display()
-    );
-    let mut cmd = Command::new(bin);
-    cmd.env_remove("APTGATE_CONFIG").env("NO_COLOR", "1");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("APTGATE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
 
 #[test]
 fn config_show_reports_values_and_where_they_came_from() {

@@ -1,9 +1,10 @@
 //! The catalog's domain types: what callers hand in and get back (rows stay private).
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A `.deb` as a verified `Packages` index describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPackage {
     /// Lowercase hex.
     pub sha256: String,
@@ -22,14 +23,15 @@ pub struct NewPackage {
     pub origin: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     pub package: NewPackage,
     /// Unix seconds when this exact file was first recorded.
     pub first_seen: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     Sync,
     Filter,
@@ -56,7 +58,7 @@ impl SnapshotKind {
 
 /// An immutable view of sources at one moment. Its membership is the manifest blob (a
 /// content-addressed file listing the index files per suite/component/architecture).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub id: String,
     pub name: Option<String>,
@@ -67,7 +69,8 @@ pub struct Snapshot {
     pub sources: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     Sync,
     Snapshot,
@@ -113,7 +116,7 @@ impl fmt::Display for AuditAction {
 }
 
 /// One recorded change: who did what, when, to which channel, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewAuditEntry {
     pub at: i64,
     pub actor: String,
@@ -126,14 +129,14 @@ pub struct NewAuditEntry {
     pub summary: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
     pub entry: NewAuditEntry,
 }
 
 /// Which audit entries to return, newest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditFilter {
     pub channel: Option<String>,
     pub action: Option<AuditAction>,
@@ -144,7 +147,8 @@ pub struct AuditFilter {
 }
 
 /// Why a channel moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ChannelAction {
     Promote,
     Rollback,
@@ -178,7 +182,7 @@ impl fmt::Display for ChannelAction {
 }
 
 /// Where a channel points now. A channel that was never published has no snapshot yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
     pub name: String,
     pub snapshot_id: Option<String>,
@@ -190,7 +194,7 @@ pub struct ChannelState {
 }
 
 /// One move of a channel, as recorded in its history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelMove {
     pub channel: String,
     /// The generation the mover saw; the move fails if the channel moved since.
@@ -203,7 +207,7 @@ pub struct ChannelMove {
     pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub generation: i64,
     pub snapshot_id: String,
@@ -215,7 +219,7 @@ pub struct HistoryEntry {
 }
 
 /// A package a channel keeps at its current version across promotions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub package: String,
     pub at: i64,

@@ -1,0 +1,412 @@
+//! The admin JSON API under `/api/v1/`, used by the `aptgate` CLI.
+//!
+//! Every route but the OpenAPI document wants `Authorization: Bearer <token>`; the admin token
+//! is created on first start in `<data_dir>/admin-token` (mode 0600). The acting user is taken
+//! from `X-Aptgate-Actor` (the CLI sends the local user name) and recorded as
+//! `<actor>` in the audit log. Errors are `{"code": "...", "message": "..."}` with a stable code.
+
+use crate::catalog::{AuditAction, AuditFilter};
+use crate::{Actor, Channels, ChannelsError, PromoteRequest};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+/// The file holding the admin token, in the data directory.
+pub const TOKEN_FILE: &str = "admin-token";
+
+/// Reads the admin token, creating it (random, 0600) on first start. Returns the token and
+/// whether it was just created.
+pub fn load_or_create_token(data_dir: &FsPath) -> std::io::Result<(String, bool)> {
+    let path = data_dir.join(TOKEN_FILE);
+    match fs_err::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    crate::signing::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(std::io::Error::other)?;
+    Ok((token, true))
+}
+
+pub fn token_path(data_dir: &FsPath) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// An API error: status, stable code, message.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ChannelsError> for ApiError {
+    fn from(e: ChannelsError) -> Self {
+        let code = e.code();
+        let status = match code {
+            "unknown_channel" | "unknown_snapshot" | "unknown_source" => StatusCode::NOT_FOUND,
+            "refused" | "unpublished" | "conflict" => StatusCode::CONFLICT,
+            "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
+            "bad_index" => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // Internal details go to the log, not to the client.
+            tracing::error!(error = %e, "admin request failed");
+            return Self::new(status, code, "internal error; see the server log");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Channels>: FromRef<S>,
+{
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/sync", post(sync))
+        .route("/api/v1/snapshots", get(snapshots))
+        .route("/api/v1/snapshots/{id}", get(snapshot))
+        .route("/api/v1/snapshots/{a}/diff/{b}", get(diff))
+        .route("/api/v1/channels", get(channels_list))
+        .route("/api/v1/channels/{channel}/history", get(history))
+        .route("/api/v1/channels/{channel}/holds", get(holds).post(hold))
+        .route("/api/v1/channels/{channel}/holds/{package}", delete(unhold))
+        .route("/api/v1/channels/{channel}/rollback", post(rollback))
+        .route("/api/v1/promote", post(promote))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/keys", get(keys))
+}
+
+/// Checks the bearer token and returns who acts.
+fn authorize(
+    channels: &Channels,
+    headers: &HeaderMap,
+    comment: Option<String>,
+) -> Result<Actor, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token\nhint: the admin token is in <data_dir>/admin-token",
+        )
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    if !constant_time_eq(given.trim().as_bytes(), channels.admin_token().as_bytes()) {
+        return Err(unauthorized());
+    }
+    let name = headers
+        .get("x-aptgate-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .unwrap_or("admin");
+    Ok(Actor {
+        name: name.to_owned(),
+        comment,
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> ApiResult {
+    Ok(Json(
+        serde_json::to_value(value).expect("API values serialize"),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct SyncBody {
+    source: Option<String>,
+}
+
+async fn sync(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    body: Option<Json<SyncBody>>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, None)?;
+    let sources: Vec<String> = match body.and_then(|b| b.0.source) {
+        Some(s) => vec![s],
+        None => channels.source_names(),
+    };
+    let mut outcomes = Vec::new();
+    for source in sources {
+        outcomes.push(channels.sync(&source, &actor, &|_: &str| {}).await?);
+    }
+    to_json(&outcomes)
+}
+
+async fn snapshots(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(
+        &channels
+            .catalog()
+            .list_snapshots()
+            .await
+            .map_err(ChannelsError::from)?,
+    )
+}
+
+async fn snapshot(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    let snapshot = channels.snapshot(&id).await?;
+    let manifest = channels.manifest(&snapshot).await?;
+    let indices: Vec<Value> = manifest
+        .suites
+        .iter()
+        .flat_map(|(suite, sm)| {
+            sm.indices.iter().map(move |(key, files)| {
+                json!({ "suite": suite, "index": key, "packages": files.packages })
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "snapshot": snapshot,
+        "packages": manifest.package_count(),
+        "indices": indices,
+    })))
+}
+
+async fn diff(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path((a, b)): Path<(String, String)>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.diff(&a, &b).await?)
+}
+
+async fn channels_list(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(
+        &channels
+            .catalog()
+            .list_channels()
+            .await
+            .map_err(ChannelsError::from)?,
+    )
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+async fn history(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Query(q): Query<Limit>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.history(&channel, q.limit.unwrap_or(20)).await?)
+}
+
+async fn holds(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.holds(&channel).await?)
+}
+
+#[derive(Deserialize)]
+struct HoldBody {
+    package: String,
+    comment: Option<String>,
+}
+
+async fn hold(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Json(body): Json<HoldBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    let changed = channels.hold(&channel, &body.package, &actor).await?;
+    Ok(Json(json!({ "changed": changed })))
+}
+
+#[derive(Deserialize)]
+struct CommentQuery {
+    comment: Option<String>,
+}
+
+async fn unhold(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path((channel, package)): Path<(String, String)>,
+    Query(q): Query<CommentQuery>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, q.comment)?;
+    let changed = channels.unhold(&channel, &package, &actor).await?;
+    Ok(Json(json!({ "changed": changed })))
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    to: Option<String>,
+    comment: Option<String>,
+}
+
+async fn rollback(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Json(body): Json<RollbackBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(
+        &channels
+            .rollback(&channel, body.to.as_deref(), &actor)
+            .await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct PromoteBody {
+    #[serde(flatten)]
+    request: PromoteRequest,
+    comment: Option<String>,
+}
+
+async fn promote(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Json(body): Json<PromoteBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(&channels.promote(&body.request, &actor).await?)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    channel: Option<String>,
+    action: Option<String>,
+    since: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    let action = match q.action {
+        Some(a) => Some(AuditAction::parse(&a).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "unknown action {a:?}; one of sync, snapshot, promote, hold, release, rollback, key"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let entries = channels
+        .catalog()
+        .audit(&AuditFilter {
+            channel: q.channel,
+            action,
+            since: q.since,
+            limit: q.limit,
+        })
+        .await
+        .map_err(ChannelsError::from)?;
+    to_json(&entries)
+}
+
+async fn keys(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    Ok(Json(json!({ "armored": channels.public_keys()? })))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 description of the admin API.
+pub fn openapi_document() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let op = |summary: &str| {
+        json!({
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {}}},
+                "default": {"description": "error", "content": {"application/json": {"schema": error}}}
+            }
+        })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "aptgate admin API", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
+                "message": {"type": "string"}}}}
+        },
+        "paths": {
+            "/api/v1/sync": {"post": op("Sync one source ({\"source\": name}) or all; returns one outcome per source")},
+            "/api/v1/snapshots": {"get": op("List snapshots, oldest first")},
+            "/api/v1/snapshots/{id}": {"get": op("A snapshot with package counts per suite and index")},
+            "/api/v1/snapshots/{a}/diff/{b}": {"get": op("Added, removed, upgraded, downgraded packages from a to b")},
+            "/api/v1/channels": {"get": op("Channels and where they point")},
+            "/api/v1/channels/{channel}/history": {"get": op("A channel's moves, newest first (?limit=)")},
+            "/api/v1/channels/{channel}/holds": {
+                "get": op("Held packages"),
+                "post": op("Hold a package ({\"package\", \"comment\"})")
+            },
+            "/api/v1/channels/{channel}/holds/{package}": {"delete": op("Release a hold (?comment=)")},
+            "/api/v1/channels/{channel}/rollback": {"post": op("Roll back ({\"to\"?: snapshot, \"comment\"?})")},
+            "/api/v1/promote": {"post": op("Promote ({\"from\", \"to\", \"only\"?: [names], \"comment\"?})")},
+            "/api/v1/audit": {"get": op("Audit log, newest first (?channel=&action=&since=&limit=)")},
+            "/api/v1/keys": {"get": op("The armored public signing keys")}
+        }
+    })
+}
