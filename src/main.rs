@@ -3,6 +3,7 @@
 use anyhow::Context;
 use aptgate::{resolve_sources, AppState};
 use aptgate_channels::catalog::{AuditEntry, ChannelState, HistoryEntry, Snapshot};
+use aptgate_channels::signing::KeyInfo;
 use aptgate_channels::{Actor, Diff, MoveOutcome, SyncOutcome};
 use aptgate_config::{load, Config, LoadOptions, Override};
 use clap::{Parser, Subcommand};
@@ -152,6 +153,19 @@ enum ChannelCommand {
 enum KeyCommand {
     /// Print the armored public key(s) hosts put in Signed-By.
     Show,
+    /// List the signing keys (fingerprint, created, retired).
+    List,
+    /// Start a rotation: add a key; old and new both sign until the old one is retired.
+    Add {
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// End a rotation: stop a key from signing (never the last one).
+    Retire {
+        fingerprint: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -553,12 +567,48 @@ async fn admin(
                 .await?;
             print_move(&outcome);
         }
-        Command::Key {
-            command: KeyCommand::Show,
-        } => {
-            let keys: serde_json::Value = api.get("keys").await?;
-            print!("{}", keys["armored"].as_str().unwrap_or_default());
-        }
+        Command::Key { command } => match command {
+            KeyCommand::Show => {
+                let keys: serde_json::Value = api.get("keys").await?;
+                print!("{}", keys["armored"].as_str().unwrap_or_default());
+            }
+            KeyCommand::List => {
+                let keys: serde_json::Value = api.get("keys").await?;
+                let list: Vec<KeyInfo> = serde_json::from_value(keys["keys"].clone())?;
+                println!("{:<40} {:<20} RETIRED", "FINGERPRINT", "CREATED");
+                for k in list {
+                    println!(
+                        "{:<40} {:<20} {}",
+                        k.fingerprint,
+                        date(k.created_at),
+                        k.retired_at.map(date).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            KeyCommand::Add { comment } => {
+                let key: KeyInfo = api
+                    .post("keys", serde_json::json!({ "comment": comment }))
+                    .await?;
+                println!(
+                    "added signing key {}; channels are now signed by every active key.\n\
+                     Next: give hosts the new public key (`aptgate key show`), then \
+                     `aptgate key retire OLD_FINGERPRINT`.",
+                    key.fingerprint
+                );
+            }
+            KeyCommand::Retire {
+                fingerprint,
+                comment,
+            } => {
+                let _: serde_json::Value = api
+                    .post(
+                        &format!("keys/{}/retire", encode(&fingerprint)),
+                        serde_json::json!({ "comment": comment }),
+                    )
+                    .await?;
+                println!("retired {fingerprint}; channels re-signed without it");
+            }
+        },
         Command::Audit {
             channel,
             action,
@@ -638,6 +688,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.sync.interval,
         ));
     }
+    if !config.publish.valid_until.is_zero() {
+        tokio::spawn(resign_schedule(
+            state.channels.clone(),
+            config.publish.valid_until,
+        ));
+    }
     aptgate::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("aptgate stopped");
     Ok(())
@@ -667,6 +723,30 @@ async fn sync_schedule(
                 ),
                 Err(e) => tracing::warn!(source, error = %e, "scheduled sync failed"),
             }
+        }
+    }
+}
+
+/// Keeps every channel's `Valid-Until` in the future: checks every tenth of the validity
+/// period (at most hourly) and re-signs what is past half its validity.
+async fn resign_schedule(
+    channels: std::sync::Arc<aptgate_channels::Channels>,
+    valid: std::time::Duration,
+) {
+    let every = (valid / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match channels.resign_expiring().await {
+            Ok(resigned) if !resigned.is_empty() => {
+                tracing::info!(channels = %resigned.join(","), "re-signed before Valid-Until")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "re-signing failed"),
         }
     }
 }

@@ -61,7 +61,9 @@ impl From<ChannelsError> for ApiError {
     fn from(e: ChannelsError) -> Self {
         let code = e.code();
         let status = match code {
-            "unknown_channel" | "unknown_snapshot" | "unknown_source" => StatusCode::NOT_FOUND,
+            "unknown_channel" | "unknown_snapshot" | "unknown_source" | "unknown_key" => {
+                StatusCode::NOT_FOUND
+            }
             "refused" | "unpublished" | "conflict" => StatusCode::CONFLICT,
             "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
             "bad_index" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,7 +108,9 @@ where
         .route("/api/v1/channels/{channel}/rollback", post(rollback))
         .route("/api/v1/promote", post(promote))
         .route("/api/v1/audit", get(audit))
-        .route("/api/v1/keys", get(keys))
+        .route("/api/v1/keys", get(keys).post(add_key))
+        .route("/api/v1/keys/{fingerprint}/retire", post(retire_key))
+        .route("/api/v1/channels/{channel}/resign", post(resign))
 }
 
 /// Checks the bearer token and returns who acts.
@@ -362,7 +366,43 @@ async fn audit(
 
 async fn keys(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
     authorize(&channels, &headers, None)?;
-    Ok(Json(json!({ "armored": channels.public_keys()? })))
+    Ok(Json(
+        json!({ "armored": channels.public_keys()?, "keys": channels.keys() }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct CommentBody {
+    comment: Option<String>,
+}
+
+async fn add_key(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    body: Option<Json<CommentBody>>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.and_then(|b| b.0.comment))?;
+    to_json(&channels.add_key(&actor).await?)
+}
+
+async fn retire_key(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(fingerprint): Path<String>,
+    body: Option<Json<CommentBody>>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.and_then(|b| b.0.comment))?;
+    channels.retire_key(&fingerprint, &actor).await?;
+    Ok(Json(json!({ "retired": fingerprint })))
+}
+
+async fn resign(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, None)?;
+    to_json(&channels.resign(&channel, &actor).await?)
 }
 
 async fn openapi() -> Json<Value> {
@@ -388,7 +428,7 @@ pub fn openapi_document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
+                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unknown_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
                 "message": {"type": "string"}}}}
         },
         "paths": {
@@ -406,7 +446,12 @@ pub fn openapi_document() -> Value {
             "/api/v1/channels/{channel}/rollback": {"post": op("Roll back ({\"to\"?: snapshot, \"comment\"?})")},
             "/api/v1/promote": {"post": op("Promote ({\"from\", \"to\", \"only\"?: [names], \"comment\"?})")},
             "/api/v1/audit": {"get": op("Audit log, newest first (?channel=&action=&since=&limit=)")},
-            "/api/v1/keys": {"get": op("The armored public signing keys")}
+            "/api/v1/keys": {
+                "get": op("The armored public signing keys and their fingerprints"),
+                "post": op("Add a signing key: both sign until the old one is retired; channels re-signed")
+            },
+            "/api/v1/keys/{fingerprint}/retire": {"post": op("Retire a key (not the last); channels re-signed")},
+            "/api/v1/channels/{channel}/resign": {"post": op("Sign a channel's Release again (same indices)")}
         }
     })
 }

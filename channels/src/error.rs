@@ -67,6 +67,8 @@ impl ChannelsError {
             Self::Catalog(CatalogError::ChannelMoved { .. }) => "conflict",
             Self::Catalog(_) => "catalog",
             Self::Store(_) | Self::Io { .. } | Self::CorruptBlob { .. } => "storage",
+            Self::Signing(SigningError::LastKey(_)) => "refused",
+            Self::Signing(SigningError::UnknownKey(_)) => "unknown_key",
             Self::Signing(_) => "signing",
             Self::Index { .. } => "bad_index",
         }

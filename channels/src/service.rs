@@ -1102,14 +1102,16 @@ impl Channels {
         audit: AuditAction,
         actor: &Actor,
     ) -> Result<MoveOutcome> {
+        let resign = action == ChannelAction::Resign;
         let current = match &state.snapshot_id {
+            Some(_) if resign => manifest.clone(),
             Some(id) => self.manifest(&self.snapshot(id).await?).await?,
             None => Manifest::new(),
         };
         // Everything new to a promoted channel is stored before it moves: it keeps working
         // when upstream deletes a version. A channel that follows its source stays on demand
         // (the source's fetch policy decides).
-        let fetched = if action == ChannelAction::Follow {
+        let fetched = if matches!(action, ChannelAction::Follow | ChannelAction::Resign) {
             0
         } else {
             self.fetch_missing(&current, &manifest, &|line: &str| {
@@ -1117,7 +1119,11 @@ impl Channels {
             })
             .await?
         };
-        let diff = self.diff_manifests(&current, &manifest).await?.summary();
+        let diff = if resign {
+            DiffSummary::default()
+        } else {
+            self.diff_manifests(&current, &manifest).await?.summary()
+        };
         let publication = self.sign_publication(channel, &snapshot, &manifest).await?;
         let publication_sha256 = self.put_json(&publication).await?;
         let at = now();
@@ -1134,17 +1140,21 @@ impl Channels {
                 comment: actor.comment.clone(),
             })
             .await?;
-        tx.append_audit(&NewAuditEntry {
-            at,
-            actor: actor.name.clone(),
-            action: audit,
-            channel: Some(channel.to_owned()),
-            from_snapshot: state.snapshot_id.clone(),
-            to_snapshot: Some(snapshot.id.clone()),
-            comment: actor.comment.clone(),
-            summary: Some(serde_json::to_string(&diff).expect("serializes")),
-        })
-        .await?;
+        // A re-signature changes no content: the channel history records it, the audit log
+        // records what caused it (a key change) or nothing (a Valid-Until refresh).
+        if !resign {
+            tx.append_audit(&NewAuditEntry {
+                at,
+                actor: actor.name.clone(),
+                action: audit,
+                channel: Some(channel.to_owned()),
+                from_snapshot: state.snapshot_id.clone(),
+                to_snapshot: Some(snapshot.id.clone()),
+                comment: actor.comment.clone(),
+                summary: Some(serde_json::to_string(&diff).expect("serializes")),
+            })
+            .await?;
+        }
         tx.commit().await?;
         self.served.write().expect("lock poisoned").insert(
             channel.to_owned(),
@@ -1362,6 +1372,115 @@ impl Channels {
             actor,
         )
         .await
+    }
+
+    /// Signs a channel's current publication again: same snapshot, byte-identical indices,
+    /// new `Date`/`Valid-Until` and the currently active keys.
+    pub async fn resign(&self, channel: &str, actor: &Actor) -> Result<MoveOutcome> {
+        let lock = self.lock(channel);
+        let _guard = lock.lock().await;
+        let state = self.channel_state(channel).await?;
+        let id = state
+            .snapshot_id
+            .clone()
+            .ok_or_else(|| ChannelsError::Unpublished(channel.to_owned()))?;
+        let snapshot = self.snapshot(&id).await?;
+        let manifest = self.manifest(&snapshot).await?;
+        self.move_locked(
+            channel,
+            state,
+            snapshot,
+            manifest,
+            ChannelAction::Resign,
+            AuditAction::Key,
+            actor,
+        )
+        .await
+    }
+
+    /// Re-signs every published channel whose `Valid-Until` is less than half the validity
+    /// period away; returns the channels re-signed. `serve` runs this on a schedule.
+    pub async fn resign_expiring(&self) -> Result<Vec<String>> {
+        if self.publish.valid_until.is_zero() {
+            return Ok(Vec::new());
+        }
+        let half = (self.publish.valid_until.as_secs() / 2) as i64;
+        let mut resigned = Vec::new();
+        for name in self.channels.keys() {
+            let Ok(served) = self.served(name).await else {
+                continue;
+            };
+            let due = served
+                .publication
+                .valid_until
+                .is_none_or(|until| until - now() < half);
+            if due {
+                self.resign(name, &Actor::new("aptgate")).await?;
+                resigned.push(name.clone());
+            }
+        }
+        Ok(resigned)
+    }
+
+    async fn resign_all(&self, actor: &Actor) -> Result<()> {
+        for name in self.channels.keys() {
+            match self.resign(name, actor).await {
+                Ok(_) | Err(ChannelsError::Unpublished(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn keys(&self) -> Vec<crate::signing::KeyInfo> {
+        self.keys.lock().expect("lock poisoned").list()
+    }
+
+    /// Generates a second signing key: from now on both sign (a rotation's overlap); every
+    /// channel is re-signed at once.
+    pub async fn add_key(&self, actor: &Actor) -> Result<crate::signing::KeyInfo> {
+        let user_id = format!("aptgate signing key ({})", self.publish.key_name);
+        let key =
+            tokio::task::spawn_blocking(move || crate::signing::SigningKey::generate(&user_id))
+                .await
+                .expect("key generation does not panic")?;
+        let fingerprint = key.fingerprint();
+        self.keys.lock().expect("lock poisoned").add(key)?;
+        self.audit_key(actor, serde_json::json!({ "added": fingerprint }))
+            .await?;
+        self.resign_all(actor).await?;
+        Ok(self
+            .keys()
+            .into_iter()
+            .find(|k| k.fingerprint == fingerprint)
+            .expect("just added"))
+    }
+
+    /// Stops a key from signing (the rotation's end); every channel is re-signed at once.
+    pub async fn retire_key(&self, fingerprint: &str, actor: &Actor) -> Result<()> {
+        self.keys
+            .lock()
+            .expect("lock poisoned")
+            .retire(fingerprint)?;
+        self.audit_key(actor, serde_json::json!({ "retired": fingerprint }))
+            .await?;
+        self.resign_all(actor).await
+    }
+
+    async fn audit_key(&self, actor: &Actor, summary: serde_json::Value) -> Result<()> {
+        self.catalog
+            .append_audit(&NewAuditEntry {
+                at: now(),
+                actor: actor.name.clone(),
+                action: AuditAction::Key,
+                channel: None,
+                from_snapshot: None,
+                to_snapshot: None,
+                comment: actor.comment.clone(),
+                summary: Some(summary.to_string()),
+            })
+            .await?;
+        Ok(())
     }
 
     pub async fn history(&self, channel: &str, limit: i64) -> Result<Vec<HistoryEntry>> {

@@ -8,17 +8,17 @@
 //! keys/<FINGERPRINT>.json         {"user_id": "...", "created_at": 1700000000, "retired_at": null}
 //! ```
 //!
-//! Every active (not retired) key signs: during a rotation both the old and the new key sign,
-//! so hosts trusting either keep verifying.
+//! Every active (not retired) key signs — `InRelease` carries one signature per key, and so
+//! does `Release.gpg` — so during a rotation hosts trusting either key keep verifying.
 
 use chrono::SubsecRound as _;
 use debian_packaging::signing_key::{create_self_signed_key, signing_secret_key_params_builder};
+use pgp::cleartext::CleartextSignedMessage;
 use pgp::crypto::hash::HashAlgorithm;
-use pgp::packet::{SignatureConfig, SignatureType, Subpacket, SubpacketData};
+use pgp::packet::{Signature, SignatureConfig, SignatureType, Subpacket, SubpacketData};
 use pgp::types::PublicKeyTrait as _;
 use pgp::{ArmorOptions, Deserializable, SignedPublicKey, SignedSecretKey, StandaloneSignature};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,10 @@ pub enum SigningError {
     BadKeyFile { path: PathBuf, reason: String },
     #[error("no active signing key\nhint: `aptgate key add` creates one")]
     NoActiveKey,
+    #[error("refusing to retire {0}: it is the last active signing key\nhint: `aptgate key add` first, then retire the old one")]
+    LastKey(String),
+    #[error("no signing key {0}\nhint: `aptgate key list` shows the fingerprints")]
+    UnknownKey(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,6 +46,15 @@ struct KeyMeta {
     user_id: String,
     created_at: i64,
     retired_at: Option<i64>,
+}
+
+/// What `aptgate key list` shows of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub fingerprint: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
 }
 
 /// One signing key pair.
@@ -101,25 +114,18 @@ impl SigningKey {
         }
     }
 
-    /// An `InRelease`: `text` cleartext-signed with SHA-256.
-    pub fn cleartext_sign(&self, text: &str) -> Result<String> {
-        pgp_cleartext::cleartext_sign(
-            &self.secret,
-            String::new,
-            HashAlgorithm::SHA2_256,
-            Cursor::new(text.as_bytes()),
-        )
-        .map_err(|e| self.sign_error(e))
-    }
-
     /// A detached binary signature over `data` (one packet of a `Release.gpg`).
     fn detached_signature(&self, data: &[u8]) -> Result<StandaloneSignature> {
+        Ok(StandaloneSignature::new(
+            self.signature(SignatureType::Binary, data)
+                .map_err(|e| self.sign_error(e))?,
+        ))
+    }
+
+    /// A SHA-256 signature of `kind` over `data`, naming this key as issuer.
+    fn signature(&self, kind: SignatureType, data: &[u8]) -> pgp::errors::Result<Signature> {
         let key = &self.secret;
-        let mut config = SignatureConfig::v4(
-            SignatureType::Binary,
-            key.algorithm(),
-            HashAlgorithm::SHA2_256,
-        );
+        let mut config = SignatureConfig::v4(kind, key.algorithm(), HashAlgorithm::SHA2_256);
         config.hashed_subpackets = vec![
             Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint())),
             Subpacket::regular(SubpacketData::SignatureCreationTime(
@@ -127,10 +133,7 @@ impl SigningKey {
             )),
         ];
         config.unhashed_subpackets = vec![Subpacket::regular(SubpacketData::Issuer(key.key_id()))];
-        let signature = config
-            .sign(key, String::new, data)
-            .map_err(|e| self.sign_error(e))?;
-        Ok(StandaloneSignature::new(signature))
+        config.sign(key, String::new, data)
     }
 }
 
@@ -239,20 +242,15 @@ impl KeyStore {
 
     /// Stops a key from signing; refuses to retire the last active one.
     pub fn retire(&mut self, fingerprint: &str) -> Result<()> {
-        if self.active().count() <= 1 {
-            return Err(SigningError::NoActiveKey);
-        }
         let now = chrono::Utc::now().timestamp();
-        let Some(i) = self
-            .keys
-            .iter()
-            .position(|k| k.fingerprint().eq_ignore_ascii_case(fingerprint))
-        else {
-            return Err(SigningError::Sign {
-                fingerprint: fingerprint.to_owned(),
-                reason: "no such key".into(),
-            });
+        let Some(i) = self.keys.iter().position(|k| {
+            k.meta.retired_at.is_none() && k.fingerprint().eq_ignore_ascii_case(fingerprint)
+        }) else {
+            return Err(SigningError::UnknownKey(fingerprint.to_owned()));
         };
+        if self.active().count() <= 1 {
+            return Err(SigningError::LastKey(fingerprint.to_owned()));
+        }
         self.keys[i].meta.retired_at = Some(now);
         self.save_meta(&self.keys[i])
     }
@@ -273,15 +271,35 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// An `InRelease` signed by the oldest active key.
-    ///
-    /// Limitation: pgp-cleartext signs with one key, so during a rotation the InRelease
-    /// carries the old key's signature and `Release.gpg` carries both.
+    /// An `InRelease` carrying one signature per active key, so during a rotation hosts that
+    /// trust either the old or the new key verify it.
     pub fn cleartext_sign(&self, text: &str) -> Result<String> {
-        self.active()
-            .next()
-            .ok_or(SigningError::NoActiveKey)?
-            .cleartext_sign(text)
+        let keys: Vec<&SigningKey> = self.active().collect();
+        if keys.is_empty() {
+            return Err(SigningError::NoActiveKey);
+        }
+        let message = CleartextSignedMessage::new_many(text, |normalized| {
+            keys.iter()
+                .map(|key| key.signature(SignatureType::Text, normalized))
+                .collect()
+        })
+        .map_err(|e| keys[0].sign_error(e))?;
+        message
+            .to_armored_string(ArmorOptions::default())
+            .map_err(|e| keys[0].sign_error(e))
+    }
+
+    /// The signing keys, oldest first, retired ones included.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.keys
+            .iter()
+            .map(|k| KeyInfo {
+                fingerprint: k.fingerprint(),
+                user_id: k.meta.user_id.clone(),
+                created_at: k.meta.created_at,
+                retired_at: k.meta.retired_at,
+            })
+            .collect()
     }
 
     /// A `Release.gpg` with one signature per active key.

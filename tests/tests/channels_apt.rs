@@ -115,7 +115,10 @@ fn host_at(
 impl Setup {
     async fn new(backend: Backend, approved_soak: Duration) -> Setup {
         let spec = FixtureSpec::default().large_payload(64 << 10);
-        let p = parts(backend, approved_soak, spec).await;
+        Self::from_parts(parts(backend, approved_soak, spec).await).await
+    }
+
+    async fn from_parts(p: Parts) -> Setup {
         let app = TestApp::start_config(p.config).await;
         // Hosts trust the key the server publishes.
         let key = p.dir.path().join("aptgate.asc");
@@ -203,6 +206,7 @@ both_backends!(
     admin_api_and_cli,
     concurrent_promotions_serialize,
     a_killed_promotion_leaves_the_channel_consistent,
+    keys_rotate_and_releases_are_resigned,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -671,4 +675,83 @@ async fn a_killed_promotion_leaves_the_channel_consistent(backend: Backend) {
     assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
     server.kill();
     drop(p.db);
+}
+
+async fn keys_rotate_and_releases_are_resigned(backend: Backend) {
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(backend, Duration::ZERO, spec).await;
+    p.config.publish.valid_until = Duration::from_secs(3600);
+    let s = Setup::from_parts(p).await;
+    let channels = s.app.state.channels.clone();
+    s.sync().await;
+    let get = |path: &str| {
+        let url = format!("{}/channels/testing/dists/stable/{path}", s.app.url);
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let in_release = String::from_utf8(get("InRelease").await.to_vec()).unwrap();
+    assert!(in_release.contains("Valid-Until: "), "{in_release}");
+    let packages = get("main/binary-amd64/Packages.xz").await;
+
+    // Not due yet: nothing is re-signed; a forced re-sign changes only the signed Release.
+    assert!(channels.resign_expiring().await.unwrap().is_empty());
+    // Date and Valid-Until have one-second resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    channels
+        .resign("testing", &Actor::new("test"))
+        .await
+        .unwrap();
+    let resigned = String::from_utf8(get("InRelease").await.to_vec()).unwrap();
+    assert_ne!(resigned, in_release);
+    assert_eq!(get("main/binary-amd64/Packages.xz").await, packages);
+    let history = channels.history("testing", 10).await.unwrap();
+    assert_eq!(history[0].action.as_str(), "resign");
+    assert_eq!(history[0].snapshot_id, history[1].snapshot_id);
+
+    // Rotation: a host that only trusts the old key and one that got both keys.
+    let old_key_host = s.host("old-key", "testing");
+    candidate(&old_key_host, "hello").await;
+    let old = channels.keys()[0].fingerprint.clone();
+    let added = channels.add_key(&Actor::new("test")).await.unwrap();
+    let both = s.dir.path().join("both.asc");
+    fetch_key(&s.app.url, &both).await;
+    let new_host = host_at(s.dir.path(), "new-key", &s.app.url, "testing", &both);
+    assert_eq!(candidate(&old_key_host, "hello").await, "2.10-3");
+    assert_eq!(candidate(&new_host, "hello").await, "2.10-3");
+
+    // The end of the rotation: the old key stops signing; the last key cannot be retired.
+    channels
+        .retire_key(&old, &Actor::new("test"))
+        .await
+        .unwrap();
+    assert_eq!(candidate(&new_host, "hello").await, "2.10-3");
+    let refused = old_key_host.update().await.unwrap();
+    assert!(
+        !refused.success(),
+        "a host trusting only the retired key must fail"
+    );
+    let err = channels
+        .retire_key(&added.fingerprint, &Actor::new("test"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "refused", "{err}");
+    let audit = channels
+        .catalog()
+        .audit(&AuditFilter {
+            action: Some(AuditAction::Key),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 3, "generated, added, retired: {audit:?}");
 }
