@@ -77,6 +77,14 @@ enum Command {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Point an entry channel (one without promotes_from) at a snapshot.
+    Publish {
+        snapshot: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// Keep a channel's current version of a package across promotions.
     Hold {
         channel: String,
@@ -134,6 +142,44 @@ enum SnapshotCommand {
         b: String,
         #[arg(long)]
         json: bool,
+    },
+    /// A new snapshot with only the packages of SNAPSHOT that match.
+    Filter {
+        snapshot: String,
+        /// Package name glob to keep (repeatable; `lib*`).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Section to keep (repeatable).
+        #[arg(long = "section")]
+        sections: Vec<String>,
+        /// Priority to keep (repeatable).
+        #[arg(long = "priority")]
+        priorities: Vec<String>,
+        /// Package name glob to drop (repeatable).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// A name for the new snapshot.
+        #[arg(long = "as")]
+        name: Option<String>,
+    },
+    /// A new snapshot merging several (e.g. main + updates + security); highest version wins.
+    Merge {
+        #[arg(required = true, num_args = 2..)]
+        snapshots: Vec<String>,
+        /// Merge every suite into this one (default: suite by suite).
+        #[arg(long)]
+        into_suite: Option<String>,
+        #[arg(long = "as")]
+        name: Option<String>,
+    },
+    /// A new snapshot: BASE plus PACKAGES from FROM, with the dependencies BASE lacks.
+    Pull {
+        base: String,
+        from: String,
+        #[arg(required = true)]
+        packages: Vec<String>,
+        #[arg(long = "as")]
+        name: Option<String>,
     },
 }
 
@@ -468,7 +514,65 @@ async fn admin(
                     );
                 }
             }
+            SnapshotCommand::Filter {
+                snapshot,
+                names,
+                sections,
+                priorities,
+                excludes,
+                name,
+            } => {
+                let created: Snapshot = api
+                    .post(
+                        &format!("snapshots/{}/filter", encode(&snapshot)),
+                        serde_json::json!({"names": names, "sections": sections,
+                            "priorities": priorities, "excludes": excludes, "name": name}),
+                    )
+                    .await?;
+                println!("created snapshot {}: {}", created.id, created.description);
+            }
+            SnapshotCommand::Merge {
+                snapshots,
+                into_suite,
+                name,
+            } => {
+                let created: Snapshot = api
+                    .post(
+                        "snapshots/merge",
+                        serde_json::json!({"snapshots": snapshots, "into_suite": into_suite,
+                            "name": name}),
+                    )
+                    .await?;
+                println!("created snapshot {}: {}", created.id, created.description);
+            }
+            SnapshotCommand::Pull {
+                base,
+                from,
+                packages,
+                name,
+            } => {
+                let created: Snapshot = api
+                    .post(
+                        &format!("snapshots/{}/pull", encode(&base)),
+                        serde_json::json!({"from": from, "packages": packages, "name": name}),
+                    )
+                    .await?;
+                println!("created snapshot {}: {}", created.id, created.description);
+            }
         },
+        Command::Publish {
+            snapshot,
+            to,
+            comment,
+        } => {
+            let outcome: MoveOutcome = api
+                .post(
+                    &format!("channels/{}/publish", encode(&to)),
+                    serde_json::json!({"snapshot": snapshot, "comment": comment}),
+                )
+                .await?;
+            print_move(&outcome);
+        }
         Command::Channel { command } => match command {
             ChannelCommand::List => {
                 let list: Vec<ChannelState> = api.get("channels").await?;

@@ -101,6 +101,10 @@ where
         .route("/api/v1/snapshots", get(snapshots))
         .route("/api/v1/snapshots/{id}", get(snapshot))
         .route("/api/v1/snapshots/{a}/diff/{b}", get(diff))
+        .route("/api/v1/snapshots/{id}/filter", post(filter))
+        .route("/api/v1/snapshots/{id}/pull", post(pull))
+        .route("/api/v1/snapshots/merge", post(merge))
+        .route("/api/v1/channels/{channel}/publish", post(publish))
         .route("/api/v1/channels", get(channels_list))
         .route("/api/v1/channels/{channel}/history", get(history))
         .route("/api/v1/channels/{channel}/holds", get(holds).post(hold))
@@ -219,6 +223,91 @@ async fn diff(
 ) -> ApiResult {
     authorize(&channels, &headers, None)?;
     to_json(&channels.diff(&a, &b).await?)
+}
+
+#[derive(Deserialize)]
+struct FilterBody {
+    #[serde(flatten)]
+    filter: crate::snapshots::SnapshotFilter,
+    name: Option<String>,
+    comment: Option<String>,
+}
+
+async fn filter(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<FilterBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(
+        &channels
+            .filter_snapshot(&id, &body.filter, body.name, &actor)
+            .await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct MergeBody {
+    snapshots: Vec<String>,
+    into_suite: Option<String>,
+    name: Option<String>,
+    comment: Option<String>,
+}
+
+async fn merge(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Json(body): Json<MergeBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(
+        &channels
+            .merge_snapshots(&body.snapshots, body.into_suite, body.name, &actor)
+            .await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct PullBody {
+    from: String,
+    packages: Vec<String>,
+    name: Option<String>,
+    comment: Option<String>,
+}
+
+async fn pull(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<PullBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(
+        &channels
+            .pull_snapshot(&id, &body.from, &body.packages, body.name, &actor)
+            .await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    snapshot: String,
+    comment: Option<String>,
+}
+
+async fn publish(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Json(body): Json<PublishBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(
+        &channels
+            .publish_snapshot(&channel, &body.snapshot, &actor)
+            .await?,
+    )
 }
 
 async fn channels_list(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
@@ -436,6 +525,10 @@ pub fn openapi_document() -> Value {
             "/api/v1/snapshots": {"get": op("List snapshots, oldest first")},
             "/api/v1/snapshots/{id}": {"get": op("A snapshot with package counts per suite and index")},
             "/api/v1/snapshots/{a}/diff/{b}": {"get": op("Added, removed, upgraded, downgraded packages from a to b")},
+            "/api/v1/snapshots/{id}/filter": {"post": op("New snapshot of the packages kept ({\"names\",\"sections\",\"priorities\",\"excludes\": globs/lists, \"name\"?})")},
+            "/api/v1/snapshots/{id}/pull": {"post": op("New snapshot: base plus packages from another and the dependencies base lacks ({\"from\",\"packages\",\"name\"?})")},
+            "/api/v1/snapshots/merge": {"post": op("New snapshot merging several; highest version wins ({\"snapshots\",\"into_suite\"?,\"name\"?})")},
+            "/api/v1/channels/{channel}/publish": {"post": op("Point an entry channel (no promotes_from) at a snapshot ({\"snapshot\"})")},
             "/api/v1/channels": {"get": op("Channels and where they point")},
             "/api/v1/channels/{channel}/history": {"get": op("A channel's moves, newest first (?limit=)")},
             "/api/v1/channels/{channel}/holds": {

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod routes;
 mod service;
 pub mod signing;
+pub mod snapshots;
 
 pub use error::{ChannelsError, Result};
 pub use service::*;

@@ -123,7 +123,7 @@ impl Diff {
 }
 
 /// Index texts of a manifest, read once per call.
-type Texts = HashMap<Sha256, Arc<String>>;
+pub(crate) type Texts = HashMap<Sha256, Arc<String>>;
 
 pub struct Channels {
     catalog: Catalog,
@@ -277,6 +277,19 @@ impl Channels {
         })
     }
 
+    /// Stores a manifest; returns its digest.
+    pub(crate) async fn store_manifest(&self, manifest: &Manifest) -> Result<Sha256> {
+        self.put_json(manifest).await
+    }
+
+    pub(crate) async fn index_text(
+        &self,
+        texts: &mut Texts,
+        blob: &BlobRef,
+    ) -> Result<Arc<String>> {
+        self.text(texts, blob).await
+    }
+
     async fn text(&self, texts: &mut Texts, blob: &BlobRef) -> Result<Arc<String>> {
         if let Some(t) = texts.get(&blob.sha256) {
             return Ok(t.clone());
@@ -321,7 +334,7 @@ impl Channels {
     }
 
     /// Records a snapshot of `manifest` unless one with the same manifest and kind exists.
-    async fn record_snapshot(
+    pub(crate) async fn record_snapshot(
         &self,
         tx: &mut CatalogTx,
         prefix: &str,
@@ -712,7 +725,7 @@ impl Channels {
     /// `base` with, per index, the packages named in `take[suite/key]` replaced by their
     /// stanzas in `other` (absent there: removed). Indices that do not change keep their
     /// blobs; changed ones are rendered and compressed once.
-    async fn overlay(
+    pub(crate) async fn overlay(
         &self,
         base: &Manifest,
         other: &Manifest,
@@ -759,7 +772,7 @@ impl Channels {
     }
 
     /// Stores a rendered index and its compressed forms.
-    async fn index_files(&self, text: String, packages: u64) -> Result<IndexFiles> {
+    pub(crate) async fn index_files(&self, text: String, packages: u64) -> Result<IndexFiles> {
         let (xz, gz) = tokio::task::spawn_blocking({
             let text = text.clone();
             move || (index::xz(text.as_bytes()), index::gzip(text.as_bytes()))
@@ -781,7 +794,7 @@ impl Channels {
     /// The names to take from `source` per index so that `names` and the dependencies the
     /// target lacks come along: within each index, a dependency is satisfied when the
     /// target (after the pull) has a package of that name with a matching version.
-    async fn pull_set(
+    pub(crate) async fn pull_set(
         &self,
         target: &Manifest,
         source: &Manifest,
@@ -861,7 +874,7 @@ impl Channels {
 
     // ---- channels -------------------------------------------------------------------------
 
-    fn channel_config(&self, name: &str) -> Result<&ChannelConfig> {
+    pub(crate) fn channel_config(&self, name: &str) -> Result<&ChannelConfig> {
         self.channels
             .get(name)
             .ok_or_else(|| ChannelsError::UnknownChannel {
@@ -968,30 +981,14 @@ impl Channels {
         };
 
         let (snapshot, manifest) = if req.only.is_empty() {
-            let held: HashSet<String> = holds.iter().map(|h| h.package.clone()).collect();
-            match (&current_manifest, held.is_empty()) {
-                (Some(cur), false) => {
-                    let take = every_index(&source_manifest, &held);
-                    let derived = self.overlay(&source_manifest, cur, &take).await?;
-                    self.derived_snapshot(
-                        &source_snapshot,
-                        derived,
-                        &req.to,
-                        format!(
-                            "{} with held packages kept from {}: {}",
-                            source_snapshot.id,
-                            req.to,
-                            holds
-                                .iter()
-                                .map(|h| h.package.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .await?
-                }
-                _ => (source_snapshot.clone(), source_manifest.clone()),
-            }
+            self.with_holds(
+                &req.to,
+                &holds,
+                current_manifest.as_ref(),
+                source_snapshot,
+                source_manifest,
+            )
+            .await?
         } else {
             let Some(cur) = &current_manifest else {
                 return Err(ChannelsError::Refused(format!(
@@ -1038,6 +1035,67 @@ impl Channels {
         self.move_locked(
             &req.to,
             to_state,
+            snapshot,
+            manifest,
+            ChannelAction::Promote,
+            AuditAction::Promote,
+            actor,
+        )
+        .await
+    }
+
+    /// A whole snapshot as `channel` will publish it: held packages keep the channel's
+    /// current version (a derived snapshot), or the snapshot itself when nothing is held.
+    async fn with_holds(
+        &self,
+        channel: &str,
+        holds: &[Hold],
+        current: Option<&Manifest>,
+        snapshot: Snapshot,
+        manifest: Manifest,
+    ) -> Result<(Snapshot, Manifest)> {
+        let held: HashSet<String> = holds.iter().map(|h| h.package.clone()).collect();
+        let Some(current) = current.filter(|_| !held.is_empty()) else {
+            return Ok((snapshot, manifest));
+        };
+        let take = every_index(&manifest, &held);
+        let derived = self.overlay(&manifest, current, &take).await?;
+        let names: Vec<&str> = holds.iter().map(|h| h.package.as_str()).collect();
+        self.derived_snapshot(
+            &snapshot,
+            derived,
+            channel,
+            format!(
+                "{} with held packages kept from {channel}: {}",
+                snapshot.id,
+                names.join(", ")
+            ),
+        )
+        .await
+    }
+
+    /// Moves `channel` to a whole snapshot (holds applied) under its lock.
+    pub(crate) async fn move_to_snapshot(
+        &self,
+        channel: &str,
+        snapshot: Snapshot,
+        actor: &Actor,
+    ) -> Result<MoveOutcome> {
+        let lock = self.lock(channel);
+        let _guard = lock.lock().await;
+        let state = self.channel_state(channel).await?;
+        let current = match &state.snapshot_id {
+            Some(id) => Some(self.manifest(&self.snapshot(id).await?).await?),
+            None => None,
+        };
+        let holds = self.catalog.holds(channel).await?;
+        let manifest = self.manifest(&snapshot).await?;
+        let (snapshot, manifest) = self
+            .with_holds(channel, &holds, current.as_ref(), snapshot, manifest)
+            .await?;
+        self.move_locked(
+            channel,
+            state,
             snapshot,
             manifest,
             ChannelAction::Promote,

@@ -207,6 +207,7 @@ both_backends!(
     concurrent_promotions_serialize,
     a_killed_promotion_leaves_the_channel_consistent,
     keys_rotate_and_releases_are_resigned,
+    snapshots_filter_merge_pull_and_publish,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -754,4 +755,117 @@ async fn keys_rotate_and_releases_are_resigned(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(audit.len(), 3, "generated, added, retired: {audit:?}");
+}
+
+async fn snapshots_filter_merge_pull_and_publish(backend: Backend) {
+    let mut s = Setup::new(backend, Duration::ZERO).await;
+    let channels = s.app.state.channels.clone();
+    let actor = Actor::new("test");
+    let s1 = s.sync().await.snapshot.unwrap();
+    for p in s
+        .repo
+        .spec
+        .packages
+        .iter_mut()
+        .filter(|p| p.name == "foo-utils")
+    {
+        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
+    }
+    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
+    s.repo.bump("hello-data", "2.10-4").unwrap();
+    s.repo.bump("contrib-tool", "1:1.0-1").unwrap();
+    let s2 = s.sync().await.snapshot.unwrap();
+
+    // filter: only foo-* survives.
+    let filter = aptgate_channels::snapshots::SnapshotFilter {
+        names: vec!["foo-*".into()],
+        ..Default::default()
+    };
+    let filtered = channels
+        .filter_snapshot(&s2, &filter, None, &actor)
+        .await
+        .unwrap();
+    let manifest = channels.manifest(&filtered).await.unwrap();
+    assert_eq!(
+        manifest.package_count(),
+        2,
+        "foo-utils in stable and testing"
+    );
+    let sections = aptgate_channels::snapshots::SnapshotFilter {
+        excludes: vec!["*".into()],
+        ..Default::default()
+    };
+    let empty = channels
+        .filter_snapshot(&s2, &sections, None, &actor)
+        .await
+        .unwrap();
+    assert_eq!(channels.manifest(&empty).await.unwrap().package_count(), 0);
+
+    // merge (through the CLI and API): the highest version of each package wins.
+    let token = fs_err::read_to_string(s.app.data_dir().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = cli(
+        &s,
+        &token,
+        &["snapshot", "merge", &s1, &filtered.id, "--as", "merged"],
+    )
+    .unwrap();
+    assert!(out.contains("created snapshot"), "{out}");
+    let diff = channels.diff(&s1, "merged").await.unwrap();
+    let upgraded: Vec<_> = diff.upgraded.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(upgraded, ["foo-utils", "foo-utils"]);
+    assert!(diff.removed.is_empty() && diff.added.is_empty());
+
+    // pull: s1 plus foo-utils from s2 and the hello-data it needs; contrib-tool stays old.
+    let pulled = channels
+        .pull_snapshot(
+            &s1,
+            &s2,
+            &["foo-utils".into()],
+            Some("s1-plus-foo".into()),
+            &actor,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        channels.snapshot("s1-plus-foo").await.unwrap().id,
+        pulled.id
+    );
+    let err = channels
+        .pull_snapshot(
+            &s1,
+            &s2,
+            &["foo-utils".into()],
+            Some("s1-plus-foo".into()),
+            &actor,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("taken"), "{err}");
+    let err = channels
+        .pull_snapshot(&s1, &s2, &["no-such-package".into()], None, &actor)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-package"), "{err}");
+
+    // publish into the entry channel; apt sees exactly the pulled set.
+    channels
+        .publish_snapshot("testing", "s1-plus-foo", &actor)
+        .await
+        .unwrap();
+    let host = s.host("host", "testing");
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
+    assert_eq!(candidate(&host, "hello-data").await, "2.10-4");
+    assert_eq!(candidate(&host, "contrib-tool").await, "1:0.9+dfsg-2");
+    let err = channels
+        .publish_snapshot("approved", &s1, &actor)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only takes promotions from testing"),
+        "{err}"
+    );
 }

@@ -246,6 +246,11 @@ impl CatalogTx {
         queries::insert_snapshot(&mut self.0, snapshot).await
     }
 
+    /// Names a snapshot; the name is unique among snapshots.
+    pub async fn name_snapshot(&mut self, id: &str, name: &str) -> Result<()> {
+        queries::name_snapshot(&mut self.0, id, name).await
+    }
+
     /// Appends an audit entry; returns its id.
     pub async fn append_audit(&mut self, entry: &NewAuditEntry) -> Result<i64> {
         queries::append_audit(&mut self.0, entry).await

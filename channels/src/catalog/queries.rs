@@ -544,3 +544,14 @@ pub async fn holds(conn: &mut AnyConnection, channel: &str) -> Result<Vec<Hold>>
     })
     .collect())
 }
+
+/// Gives a snapshot its (unique) name.
+pub async fn name_snapshot(conn: &mut AnyConnection, id: &str, name: &str) -> Result<()> {
+    sqlx::query("UPDATE snapshots SET name = $1 WHERE id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(query("name snapshot"))?;
+    Ok(())
+}
