@@ -85,6 +85,8 @@ enum Command {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Apply a channel's auto-approval rule now (serve does after each scheduled sync).
+    AutoApprove { channel: String },
     /// Keep a channel's current version of a package across promotions.
     Hold {
         channel: String,
@@ -573,6 +575,18 @@ async fn admin(
                 .await?;
             print_move(&outcome);
         }
+        Command::AutoApprove { channel } => {
+            let outcome: Option<MoveOutcome> = api
+                .post(
+                    &format!("channels/{}/auto-approve", encode(&channel)),
+                    serde_json::json!({}),
+                )
+                .await?;
+            match outcome {
+                Some(m) => print_move(&m),
+                None => println!("{channel}: nothing old enough to auto-approve"),
+            }
+        }
         Command::Channel { command } => match command {
             ChannelCommand::List => {
                 let list: Vec<ChannelState> = api.get("channels").await?;
@@ -826,6 +840,19 @@ async fn sync_schedule(
                     "scheduled sync done"
                 ),
                 Err(e) => tracing::warn!(source, error = %e, "scheduled sync failed"),
+            }
+        }
+        for (channel, result) in channels.auto_approve_all().await {
+            match result {
+                Ok(Some(m)) => tracing::info!(
+                    channel,
+                    snapshot = %m.to_snapshot,
+                    upgraded = m.diff.upgraded,
+                    added = m.diff.added,
+                    "auto-approved"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(channel, error = %e, "auto-approval failed"),
             }
         }
     }

@@ -105,6 +105,10 @@ where
         .route("/api/v1/snapshots/{id}/pull", post(pull))
         .route("/api/v1/snapshots/merge", post(merge))
         .route("/api/v1/channels/{channel}/publish", post(publish))
+        .route(
+            "/api/v1/channels/{channel}/auto-approve",
+            post(auto_approve),
+        )
         .route("/api/v1/channels", get(channels_list))
         .route("/api/v1/channels/{channel}/history", get(history))
         .route("/api/v1/channels/{channel}/holds", get(holds).post(hold))
@@ -308,6 +312,15 @@ async fn publish(
             .publish_snapshot(&channel, &body.snapshot, &actor)
             .await?,
     )
+}
+
+async fn auto_approve(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.auto_approve(&channel).await?)
 }
 
 async fn channels_list(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
@@ -529,6 +542,7 @@ pub fn openapi_document() -> Value {
             "/api/v1/snapshots/{id}/pull": {"post": op("New snapshot: base plus packages from another and the dependencies base lacks ({\"from\",\"packages\",\"name\"?})")},
             "/api/v1/snapshots/merge": {"post": op("New snapshot merging several; highest version wins ({\"snapshots\",\"into_suite\"?,\"name\"?})")},
             "/api/v1/channels/{channel}/publish": {"post": op("Point an entry channel (no promotes_from) at a snapshot ({\"snapshot\"})")},
+            "/api/v1/channels/{channel}/auto-approve": {"post": op("Apply the channel's auto-approval rule now; null when nothing qualifies")},
             "/api/v1/channels": {"get": op("Channels and where they point")},
             "/api/v1/channels/{channel}/history": {"get": op("A channel's moves, newest first (?limit=)")},
             "/api/v1/channels/{channel}/holds": {

@@ -213,6 +213,11 @@ pub struct ChannelConfig {
     /// Whether `promote --only` (selected updates) is allowed.
     #[serde(default = "yes")]
     pub selective: bool,
+    /// Auto-approval: package versions in `promotes_from` first seen at least this long ago
+    /// are promoted on their own (after each scheduled sync, or `aptgate auto-approve`);
+    /// `0` turns it off.
+    #[serde(default, with = "humantime_secs")]
+    pub auto_approve_after: Duration,
 }
 
 fn yes() -> bool {

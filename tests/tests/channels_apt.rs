@@ -30,6 +30,7 @@ fn channel(name: &str) -> ChannelConfig {
         promotes_from: None,
         min_soak: Duration::ZERO,
         selective: true,
+        auto_approve_after: Duration::ZERO,
     }
 }
 
@@ -208,6 +209,7 @@ both_backends!(
     a_killed_promotion_leaves_the_channel_consistent,
     keys_rotate_and_releases_are_resigned,
     snapshots_filter_merge_pull_and_publish,
+    auto_approval_promotes_versions_first_seen_long_enough_ago,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -868,4 +870,60 @@ async fn snapshots_filter_merge_pull_and_publish(backend: Backend) {
             .contains("only takes promotions from testing"),
         "{err}"
     );
+}
+
+async fn auto_approval_promotes_versions_first_seen_long_enough_ago(backend: Backend) {
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(backend, Duration::ZERO, spec).await;
+    p.config.channels[1].auto_approve_after = Duration::from_secs(7 * 86400);
+    let mut s = Setup::from_parts(p).await;
+    let channels = s.app.state.channels.clone();
+    s.sync().await;
+    s.promote(&[]).await.unwrap();
+    assert!(channels.auto_approve("approved").await.unwrap().is_none());
+
+    for p in s
+        .repo
+        .spec
+        .packages
+        .iter_mut()
+        .filter(|p| p.name == "foo-utils")
+    {
+        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
+    }
+    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
+    s.repo.bump("hello-data", "2.10-4").unwrap();
+    s.repo.bump("contrib-tool", "1:1.0-1").unwrap();
+    s.sync().await;
+    channels
+        .hold("approved", "contrib-tool", &Actor::new("test"))
+        .await
+        .unwrap();
+
+    // Seen just now: too new.
+    assert!(channels.auto_approve("approved").await.unwrap().is_none());
+    let host = s.host("host", "approved");
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-1");
+
+    // Eight days on, the new versions qualify; the held package stays.
+    let week = aptgate_channels::now() + 8 * 86400;
+    let moved = channels
+        .auto_approve_at("approved", week)
+        .await
+        .unwrap()
+        .expect("old enough versions are promoted");
+    assert!(moved.diff.upgraded >= 2, "{:?}", moved.diff);
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
+    assert_eq!(candidate(&host, "hello-data").await, "2.10-4");
+    assert_eq!(candidate(&host, "contrib-tool").await, "1:0.9+dfsg-2");
+    assert!(channels
+        .auto_approve_at("approved", week)
+        .await
+        .unwrap()
+        .is_none());
+    let history = channels.history("approved", 1).await.unwrap();
+    assert_eq!(history[0].actor, "auto-approve");
+    assert!(history[0].comment.as_deref().unwrap().contains("7d"));
+    let err = channels.auto_approve("testing").await.unwrap_err();
+    assert_eq!(err.code(), "refused", "{err}");
 }
