@@ -22,6 +22,10 @@ where
     Router::new()
         .route("/channels/", get(list))
         .route("/channels/{channel}/{*path}", get(serve))
+        .route(
+            "/channels/{channel}/snapshots/{snapshot}/{*path}",
+            get(serve_snapshot),
+        )
         .route("/keys/{file}", get(key))
 }
 
@@ -73,10 +77,32 @@ async fn key(State(channels): State<Arc<Channels>>, Path(file): Path<String>) ->
     }
 }
 
+/// A snapshot from the channel's history, as the channel published it: what apt's
+/// `Snapshots:` field points at (`apt update --snapshot <id>`).
+async fn serve_snapshot(
+    State(channels): State<Arc<Channels>>,
+    State(mirror): State<Arc<Mirror>>,
+    Path((channel, snapshot, path)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    serve_from(channels, mirror, channel, Some(snapshot), path, request).await
+}
+
 async fn serve(
     State(channels): State<Arc<Channels>>,
     State(mirror): State<Arc<Mirror>>,
     Path((channel, path)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    serve_from(channels, mirror, channel, None, path, request).await
+}
+
+async fn serve_from(
+    channels: Arc<Channels>,
+    mirror: Arc<Mirror>,
+    channel: String,
+    snapshot: Option<String>,
+    path: String,
     request: Request,
 ) -> Response {
     let Ok(channel) = channel.parse::<ChannelName>() else {
@@ -86,13 +112,22 @@ async fn serve(
         Ok(p) => p,
         Err(e) => return MirrorError::BadRequest(e.to_string()).into_response(),
     };
-    let resolved = resolve(&channels, &mirror, channel.as_str(), &path).await;
+    let resolved = resolve(
+        &channels,
+        &mirror,
+        channel.as_str(),
+        snapshot.as_deref(),
+        &path,
+    )
+    .await;
     let resolved = match resolved {
         Ok(Some(r)) => Ok(r),
         Ok(None) => return not_found(path.as_str()),
-        Err(ChannelsError::UnknownChannel { .. } | ChannelsError::Unpublished(_)) => {
-            return not_found(path.as_str())
-        }
+        Err(
+            ChannelsError::UnknownChannel { .. }
+            | ChannelsError::Unpublished(_)
+            | ChannelsError::UnknownSnapshot(_),
+        ) => return not_found(path.as_str()),
         Err(ChannelsError::Mirror { source, .. }) => Err(source),
         Err(e) => {
             tracing::error!(channel = %channel, path = %path.as_str(), error = %e, "cannot serve");
@@ -136,9 +171,13 @@ async fn resolve(
     channels: &Channels,
     mirror: &Arc<Mirror>,
     channel: &str,
+    snapshot: Option<&str>,
     path: &MirrorPath,
 ) -> Result<Option<Resolved>, ChannelsError> {
-    let served = channels.served(channel).await?;
+    let served = match snapshot {
+        Some(id) => channels.served_snapshot(channel, id).await?,
+        None => channels.served(channel).await?,
+    };
     let blob = |digest: Sha256| {
         Some(Resolved::Blob {
             digest,

@@ -138,6 +138,8 @@ pub struct Channels {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     served: RwLock<HashMap<String, (Arc<Served>, Instant)>>,
     pool_maps: Mutex<Vec<(Sha256, Arc<PoolMap>)>>,
+    /// Publications of snapshots from channel histories, by publication digest.
+    history_served: Mutex<Vec<(Sha256, Arc<Served>)>>,
 }
 
 /// Pool path → (sha256, size) for every package a manifest lists.
@@ -207,6 +209,7 @@ impl Channels {
             locks: Mutex::default(),
             served: RwLock::default(),
             pool_maps: Mutex::default(),
+            history_served: Mutex::default(),
         }))
     }
 
@@ -1393,6 +1396,14 @@ impl Channels {
         let _ = writeln!(out, "Components: {}", sm.components.join(" "));
         let _ = writeln!(out, "Description: aptgate channel {channel}");
         let _ = writeln!(out, "Acquire-By-Hash: yes");
+        if !self.publish.public_url.is_empty() {
+            // apt >= 2.7 (`apt update --snapshot ID`) replaces @SNAPSHOTID@.
+            let _ = writeln!(
+                out,
+                "Snapshots: {}/channels/{channel}/snapshots/@SNAPSHOTID@",
+                self.publish.public_url.trim_end_matches('/')
+            );
+        }
         let _ = writeln!(out, "SHA256:");
         for (key, files) in &sm.indices {
             for (name, blob) in files.files() {
@@ -1668,6 +1679,45 @@ impl Channels {
             .write()
             .expect("lock poisoned")
             .insert(channel.to_owned(), (served.clone(), Instant::now()));
+        Ok(served)
+    }
+
+    /// A snapshot the channel pointed at, as it was last published there.
+    pub async fn served_snapshot(&self, channel: &str, snapshot: &str) -> Result<Arc<Served>> {
+        self.channel_config(channel)?;
+        let history = self.catalog.channel_history(channel, 100_000).await?;
+        let entry = history
+            .iter()
+            .find(|h| h.snapshot_id == snapshot)
+            .ok_or_else(|| ChannelsError::UnknownSnapshot(snapshot.to_owned()))?;
+        let digest = Sha256::from_hex(&entry.publication_sha256).map_err(|e| {
+            ChannelsError::CorruptBlob {
+                what: "publication",
+                digest: entry.publication_sha256.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        if let Some((_, served)) = self
+            .history_served
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .find(|(d, _)| *d == digest)
+        {
+            return Ok(served.clone());
+        }
+        let publication: Publication = self.get_json("publication", &digest).await?;
+        let manifest: Manifest = self.get_json("manifest", &publication.manifest).await?;
+        let served = Arc::new(Served {
+            publication,
+            manifest,
+            generation: entry.generation,
+        });
+        let mut cache = self.history_served.lock().expect("lock poisoned");
+        if cache.len() >= 8 {
+            cache.remove(0);
+        }
+        cache.push((digest, served.clone()));
         Ok(served)
     }
 

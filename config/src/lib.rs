@@ -152,6 +152,10 @@ pub struct PublishConfig {
     /// How long a superseded index stays reachable under `by-hash/`.
     #[serde(with = "humantime_secs")]
     pub by_hash_grace: Duration,
+    /// The URL hosts reach this server at (`http://mirror.example.org:8470`); when set, each
+    /// channel's Release carries apt's `Snapshots:` field pointing at the snapshots of its
+    /// history, served under `/channels/<channel>/snapshots/<id>/`.
+    pub public_url: String,
 }
 
 impl Default for PublishConfig {
@@ -160,6 +164,7 @@ impl Default for PublishConfig {
             key_name: "aptgate".into(),
             valid_until: Duration::ZERO,
             by_hash_grace: Duration::from_secs(24 * 3600),
+            public_url: String::new(),
         }
     }
 }

@@ -210,6 +210,7 @@ both_backends!(
     keys_rotate_and_releases_are_resigned,
     snapshots_filter_merge_pull_and_publish,
     auto_approval_promotes_versions_first_seen_long_enough_ago,
+    a_channels_past_snapshots_stay_addressable,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -926,4 +927,68 @@ async fn auto_approval_promotes_versions_first_seen_long_enough_ago(backend: Bac
     assert!(history[0].comment.as_deref().unwrap().contains("7d"));
     let err = channels.auto_approve("testing").await.unwrap_err();
     assert_eq!(err.code(), "refused", "{err}");
+}
+
+async fn a_channels_past_snapshots_stay_addressable(backend: Backend) {
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(backend, Duration::ZERO, spec).await;
+    p.config.publish.public_url = "http://mirror.example.org:8470/".into();
+    let mut s = Setup::from_parts(p).await;
+    let s1 = s.sync().await.snapshot.unwrap();
+    s.promote(&[]).await.unwrap();
+    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
+    s.sync().await;
+    s.promote(&[]).await.unwrap();
+
+    let url = format!("{}/channels/approved/dists/stable/InRelease", s.app.url);
+    let in_release = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        in_release.contains(
+            "Snapshots: http://mirror.example.org:8470/channels/approved/snapshots/@SNAPSHOTID@"
+        ),
+        "{in_release}"
+    );
+
+    // apt pointed at the snapshot path (what `apt update --snapshot ID` does) gets the
+    // channel as it was, packages included.
+    let current = s.host("now", "approved");
+    assert_eq!(candidate(&current, "foo-utils").await, "1.4.2-2");
+    let past = s.host("past", &format!("approved/snapshots/{s1}"));
+    assert_eq!(candidate(&past, "foo-utils").await, "1.4.2-1");
+    past.download(&["foo-utils"])
+        .await
+        .unwrap()
+        .assert_success();
+    assert!(past
+        .downloaded_files()
+        .unwrap()
+        .iter()
+        .any(|f| f.ends_with("foo-utils_1.4.2-1_amd64.deb")));
+
+    // Only the channel's own history is addressable.
+    let filtered = s
+        .app
+        .state
+        .channels
+        .filter_snapshot(&s1, &Default::default(), None, &Actor::new("test"))
+        .await
+        .unwrap();
+    for id in [filtered.id.as_str(), "no-such-snapshot"] {
+        let r = client()
+            .get(format!(
+                "{}/channels/approved/snapshots/{id}/dists/stable/InRelease",
+                s.app.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{id}");
+    }
 }
