@@ -832,7 +832,8 @@ async fn sync_schedule(
                 name: "schedule".into(),
                 comment: None,
             };
-            match channels.sync(source, &actor, &|_: &str| {}).await {
+            let progress = |line: &str| tracing::info!(source, "sync: {line}");
+            match channels.sync(source, &actor, &progress).await {
                 Ok(outcome) => tracing::info!(
                     source,
                     snapshot = ?outcome.snapshot,

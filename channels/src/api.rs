@@ -180,7 +180,9 @@ async fn sync(
     };
     let mut outcomes = Vec::new();
     for source in sources {
-        outcomes.push(channels.sync(&source, &actor, &|_: &str| {}).await?);
+        // Progress (indices read, packages downloaded) goes to the server log.
+        let progress = |line: &str| tracing::info!(source = %source, "sync: {line}");
+        outcomes.push(channels.sync(&source, &actor, &progress).await?);
     }
     to_json(&outcomes)
 }

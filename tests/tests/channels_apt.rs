@@ -11,12 +11,13 @@ use aptgate_tests::fixture::{FixtureRepo, FixtureSpec, LARGE_PACKAGE};
 use aptgate_tests::process::ServerProcess;
 use aptgate_tests::upstream::Misbehaviour;
 use aptgate_tests::upstream::Upstream;
+use sha2::Digest as _;
 use std::time::Duration;
 
 struct Setup {
     dir: tempfile::TempDir,
     repo: FixtureRepo,
-    _upstream: Upstream,
+    upstream: Upstream,
     app: TestApp,
     key: std::path::PathBuf,
     _db: TestDatabase,
@@ -127,7 +128,7 @@ impl Setup {
         Setup {
             dir: p.dir,
             repo: p.repo,
-            _upstream: p.upstream,
+            upstream: p.upstream,
             app,
             key,
             _db: p.db,
@@ -211,6 +212,8 @@ both_backends!(
     snapshots_filter_merge_pull_and_publish,
     auto_approval_promotes_versions_first_seen_long_enough_ago,
     a_channels_past_snapshots_stay_addressable,
+    indices_reuse_upstream_bytes_and_superseded_ones_stay_for_the_grace_period,
+    immediate_sync_downloads_every_package_once,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -991,4 +994,73 @@ async fn a_channels_past_snapshots_stay_addressable(backend: Backend) {
             .unwrap();
         assert_eq!(r.status(), 404, "{id}");
     }
+}
+
+async fn indices_reuse_upstream_bytes_and_superseded_ones_stay_for_the_grace_period(
+    backend: Backend,
+) {
+    let s = Setup::new(backend, Duration::ZERO).await;
+    s.sync().await;
+    let get = |url: String| async move {
+        let r = client().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    };
+    let index = "dists/stable/main/binary-amd64/Packages.xz";
+    let (status, published) = get(format!("{}/channels/testing/{index}", s.app.url)).await;
+    assert_eq!(status, 200);
+    let upstream = fs_err::read(s.repo.path(index)).unwrap();
+    assert_eq!(
+        published.as_ref(),
+        upstream.as_slice(),
+        "upstream's bytes, reused"
+    );
+
+    // After testing moves on, the old index stays reachable by hash (grace period 1 day).
+    let mut repo = s.repo;
+    repo.bump("foo-utils", "1.4.2-2").unwrap();
+    let s = Setup { repo, ..s };
+    s.sync().await;
+    let old_hash = hex::encode(sha2::Sha256::digest(&published));
+    let by_hash = format!(
+        "{}/channels/testing/dists/stable/main/binary-amd64/by-hash/SHA256/{old_hash}",
+        s.app.url
+    );
+    let (status, body) = get(by_hash.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, published);
+    let (status, _) = get(format!("{}/channels/testing/{index}", s.app.url)).await;
+    assert_eq!(status, 200);
+    // Not a hash the channel ever published: 404.
+    let (status, _) = get(by_hash.replace(&old_hash[..8], "00000000")).await;
+    assert_eq!(status, 404);
+}
+
+async fn immediate_sync_downloads_every_package_once(backend: Backend) {
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(backend, Duration::ZERO, spec).await;
+    p.config.sources[0].policy = aptgate_config::FetchPolicy::Immediate;
+    let s = Setup::from_parts(p).await;
+    let upstream = &s.upstream;
+    let outcome = s.sync().await;
+    let debs: std::collections::BTreeSet<_> = s
+        .repo
+        .packages()
+        .iter()
+        .map(|p| p.pool_path.clone())
+        .collect();
+    assert_eq!(outcome.downloaded as usize, debs.len());
+    for path in &debs {
+        assert_eq!(upstream.count(path), 1, "{path}");
+        let pkg = s
+            .repo
+            .packages()
+            .iter()
+            .find(|p| &p.pool_path == path)
+            .unwrap();
+        assert!(s.app.blob_path(&pkg.sha256).is_file(), "{path} stored");
+    }
+    // A second run has nothing left to download.
+    let again = s.sync().await;
+    assert_eq!(again.downloaded, 0);
+    assert!(debs.iter().all(|p| upstream.count(p) == 1));
 }
