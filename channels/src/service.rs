@@ -28,7 +28,7 @@ const CHANNEL_CACHE_TTL: Duration = Duration::from_secs(2);
 const MOVE_ATTEMPTS: u32 = 5;
 
 /// Package downloads a promotion or an `immediate` sync runs at once.
-const FETCH_CONCURRENCY: usize = 8;
+const FETCH_CONCURRENCY: usize = 16;
 
 /// A channel as served: its publication and the manifest it publishes.
 #[derive(Debug)]

@@ -76,7 +76,11 @@ impl Refs {
         let json = serde_json::to_vec(record).map_err(io::Error::other)?;
         let mut file = fs_err::tokio::File::create(&tmp).await?;
         tokio::io::AsyncWriteExt::write_all(&mut file, &json).await?;
-        file.sync_all().await?;
+        // A pool record is a hint (the verified indices say the same); losing one to a power
+        // cut costs a lookup, not correctness, so only release records pay for an fsync.
+        if !path.starts_with("pool/") {
+            file.sync_all().await?;
+        }
         fs_err::tokio::rename(&tmp, &dest).await
     }
 }

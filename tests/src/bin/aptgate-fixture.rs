@@ -33,6 +33,11 @@ enum Command {
         /// Small packages to add to the default set.
         #[arg(long, default_value_t = 0)]
         packages: usize,
+        /// Also write a "next" state: DIR/base keeps the repository as generated, DIR/next
+        /// has this percentage of the small packages at a new version (same key, unchanged
+        /// packages byte-identical).
+        #[arg(long)]
+        next_percent: Option<u32>,
     },
     /// Serve DIR over HTTP on 127.0.0.1 until interrupted; print the URL.
     Serve {
@@ -54,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             large_mib,
             medium_kib,
             packages,
+            next_percent,
         } => {
             let mut spec = FixtureSpec::default()
                 .large_payload(large_mib << 20)
@@ -68,8 +74,34 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .payload(medium_kib << 10),
             );
-            let repo = FixtureRepo::generate(&dir, &spec)
-                .with_context(|| format!("generating a fixture in {}", dir.display()))?;
+            let root = match next_percent {
+                Some(_) => dir.join("next"),
+                None => dir.clone(),
+            };
+            let mut repo = FixtureRepo::generate(&root, &spec)
+                .with_context(|| format!("generating a fixture in {}", root.display()))?;
+            if let Some(percent) = next_percent {
+                // The base state is a copy taken before the bump.
+                let status = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&root)
+                    .arg(dir.join("base"))
+                    .status()?;
+                anyhow::ensure!(status.success(), "copying the base state");
+                let every = (100 / percent.clamp(1, 100)) as usize;
+                for (i, p) in repo
+                    .spec
+                    .packages
+                    .iter_mut()
+                    .filter(|p| p.name.starts_with("extra-"))
+                    .enumerate()
+                {
+                    if i % every == 0 {
+                        p.version = "1.0-2".into();
+                    }
+                }
+                repo.regenerate().context("writing the next state")?;
+            }
             let mut out = std::io::stdout().lock();
             writeln!(out, "key\t{}", repo.key_path().display())?;
             for p in repo.packages() {
