@@ -224,7 +224,10 @@ for n0 in ns[:1]:
 for tool, step in steps:
     cells = []
     for n in ns:
-        secs, kib = t[n].get((tool, step), (float("nan"), 0))
+        if (tool, step) not in t[n]:
+            cells.append("skipped")
+            continue
+        secs, kib = t[n][(tool, step)]
         cells.append(f"{kib/1024:.0f} MiB" if "peak RSS" in step else f"{secs:.2f} s ({kib/1024:.0f} MiB)")
     out.append(f"| {tool}: {step} | " + " | ".join(cells) + " |")
 print("Time (wall) and peak RSS of the command; for aptgate the CLI is a thin client, so the")
@@ -235,7 +238,7 @@ print("Ratios (aptly or reprepro time / aptgate time; higher is better for aptga
 print("| comparison | target | " + " | ".join(f"N = {n}" for n in ns) + " |")
 print("|---|---|" + "---:|" * len(ns))
 def ratio(num, den):
-    return "—" if den != den or den == 0 else f"{num/den:.1f}×"
+    return "—" if den != den or num != num or den == 0 else f"{num/den:.1f}×"
 comps = [
     ("aptly update+snapshot+publish / aptgate immediate sync", "≥ 3×",
      lambda n: (s(n,"aptly","mirror update")+s(n,"aptly","snapshot create")+s(n,"aptly","publish snapshot"), s(n,"aptgate","sync + snapshot + publish (immediate)"))),

@@ -189,6 +189,28 @@ enum SnapshotCommand {
 enum ChannelCommand {
     /// Every channel and where it points.
     List,
+    /// Create a channel (the same rules as a [[channels]] entry in the configuration).
+    Create {
+        name: String,
+        /// Follow a source: every sync that snapshots it moves this channel.
+        #[arg(long)]
+        follows: Option<String>,
+        /// The channel promotions come from.
+        #[arg(long)]
+        promotes_from: Option<String>,
+        /// How long a snapshot must have been in promotes_from (`72h`).
+        #[arg(long)]
+        min_soak: Option<String>,
+        /// Promote versions first seen at least this long ago on their own (`7d`).
+        #[arg(long)]
+        auto_approve_after: Option<String>,
+        /// Refuse `promote --only`.
+        #[arg(long)]
+        no_selective: bool,
+        /// Suites to publish (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        suites: Vec<String>,
+    },
     /// A channel's moves, newest first.
     History {
         channel: String,
@@ -208,6 +230,8 @@ enum KeyCommand {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Import an armored secret key (no passphrase) from FILE; it signs from now on.
+    Import { file: std::path::PathBuf },
     /// End a rotation: stop a key from signing (never the last one).
     Retire {
         fingerprint: String,
@@ -588,6 +612,31 @@ async fn admin(
             }
         }
         Command::Channel { command } => match command {
+            ChannelCommand::Create {
+                name,
+                follows,
+                promotes_from,
+                min_soak,
+                auto_approve_after,
+                no_selective,
+                suites,
+            } => {
+                let mut body = serde_json::json!({
+                    "name": name, "suites": suites, "selective": !no_selective,
+                });
+                for (key, value) in [
+                    ("follows", follows),
+                    ("promotes_from", promotes_from),
+                    ("min_soak", min_soak),
+                    ("auto_approve_after", auto_approve_after),
+                ] {
+                    if let Some(v) = value {
+                        body[key] = v.into();
+                    }
+                }
+                let _: serde_json::Value = api.post("channels", body).await?;
+                println!("created channel {name}");
+            }
             ChannelCommand::List => {
                 let list: Vec<ChannelState> = api.get("channels").await?;
                 println!("{:<20} {:<40} {:>4} UPDATED", "CHANNEL", "SNAPSHOT", "GEN");
@@ -712,6 +761,16 @@ async fn admin(
                      Next: give hosts the new public key (`aptgate key show`), then \
                      `aptgate key retire OLD_FINGERPRINT`.",
                     key.fingerprint
+                );
+            }
+            KeyCommand::Import { file } => {
+                let armored = fs_err::read_to_string(&file)?;
+                let imported: serde_json::Value = api
+                    .post("keys/import", serde_json::json!({ "armored": armored }))
+                    .await?;
+                println!(
+                    "imported signing key {}; channels re-signed",
+                    imported["imported"].as_str().unwrap_or("?")
                 );
             }
             KeyCommand::Retire {

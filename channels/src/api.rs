@@ -66,7 +66,7 @@ impl From<ChannelsError> for ApiError {
             }
             "refused" | "unpublished" | "conflict" => StatusCode::CONFLICT,
             "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
-            "bad_index" => StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_index" | "bad_key" => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -109,7 +109,8 @@ where
             "/api/v1/channels/{channel}/auto-approve",
             post(auto_approve),
         )
-        .route("/api/v1/channels", get(channels_list))
+        .route("/api/v1/channels", get(channels_list).post(create_channel))
+        .route("/api/v1/keys/import", post(import_key))
         .route("/api/v1/channels/{channel}/history", get(history))
         .route("/api/v1/channels/{channel}/holds", get(holds).post(hold))
         .route("/api/v1/channels/{channel}/holds/{package}", delete(unhold))
@@ -325,6 +326,32 @@ async fn auto_approve(
     to_json(&channels.auto_approve(&channel).await?)
 }
 
+#[derive(Deserialize)]
+struct ImportBody {
+    armored: String,
+    comment: Option<String>,
+}
+
+async fn import_key(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Json(body): Json<ImportBody>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, body.comment)?;
+    let fingerprint = channels.import_key(&body.armored, &actor).await?;
+    Ok(Json(json!({ "imported": fingerprint })))
+}
+
+async fn create_channel(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Json(config): Json<aptgate_config::ChannelConfig>,
+) -> ApiResult {
+    let actor = authorize(&channels, &headers, None)?;
+    channels.create_channel(config.clone(), &actor).await?;
+    to_json(&config)
+}
+
 async fn channels_list(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
     authorize(&channels, &headers, None)?;
     to_json(
@@ -532,7 +559,7 @@ pub fn openapi_document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unknown_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
+                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
                 "message": {"type": "string"}}}}
         },
         "paths": {
@@ -545,7 +572,11 @@ pub fn openapi_document() -> Value {
             "/api/v1/snapshots/merge": {"post": op("New snapshot merging several; highest version wins ({\"snapshots\",\"into_suite\"?,\"name\"?})")},
             "/api/v1/channels/{channel}/publish": {"post": op("Point an entry channel (no promotes_from) at a snapshot ({\"snapshot\"})")},
             "/api/v1/channels/{channel}/auto-approve": {"post": op("Apply the channel's auto-approval rule now; null when nothing qualifies")},
-            "/api/v1/channels": {"get": op("Channels and where they point")},
+            "/api/v1/channels": {
+                "get": op("Channels and where they point"),
+                "post": op("Create a channel ({\"name\", \"follows\"?, \"promotes_from\"?, \"min_soak\"?: \"72h\", \"selective\"?, \"auto_approve_after\"?, \"suites\"?})")
+            },
+            "/api/v1/keys/import": {"post": op("Import an armored secret key without passphrase ({\"armored\"}); it signs from now on")},
             "/api/v1/channels/{channel}/history": {"get": op("A channel's moves, newest first (?limit=)")},
             "/api/v1/channels/{channel}/holds": {
                 "get": op("Held packages"),

@@ -69,6 +69,7 @@ impl ChannelsError {
             Self::Store(_) | Self::Io { .. } | Self::CorruptBlob { .. } => "storage",
             Self::Signing(SigningError::LastKey(_)) => "refused",
             Self::Signing(SigningError::UnknownKey(_)) => "unknown_key",
+            Self::Signing(SigningError::BadKeyFile { .. }) => "bad_key",
             Self::Signing(_) => "signing",
             Self::Index { .. } => "bad_index",
         }

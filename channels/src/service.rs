@@ -129,7 +129,8 @@ pub struct Channels {
     catalog: Catalog,
     mirror: Arc<Mirror>,
     keys: Mutex<KeyStore>,
-    channels: BTreeMap<String, ChannelConfig>,
+    /// Configured channels, and those created through the API (kept in the catalog).
+    channels: RwLock<BTreeMap<String, ChannelConfig>>,
     sources: Vec<SourceConfig>,
     admin_token: String,
     publish: PublishConfig,
@@ -194,15 +195,30 @@ impl Channels {
                 crate::api::token_path(&config.data_dir).display()
             );
         }
+        let mut channels: BTreeMap<String, ChannelConfig> = config
+            .channels
+            .iter()
+            .map(|c| (c.name.to_string(), c.clone()))
+            .collect();
+        for state in catalog.list_channels().await? {
+            let Some(rules) = &state.rules else { continue };
+            match serde_json::from_str::<ChannelConfig>(rules) {
+                Ok(c) if !channels.contains_key(c.name.as_str()) => {
+                    channels.insert(c.name.to_string(), c);
+                }
+                Ok(c) => {
+                    warn!(channel = %c.name, "channel created through the API is also configured; the configuration wins")
+                }
+                Err(e) => {
+                    warn!(channel = %state.name, error = %e, "unreadable channel rules; channel ignored")
+                }
+            }
+        }
         Ok(Arc::new(Self {
             catalog,
             mirror,
             keys: Mutex::new(keys),
-            channels: config
-                .channels
-                .iter()
-                .map(|c| (c.name.to_string(), c.clone()))
-                .collect(),
+            channels: RwLock::new(channels),
             sources: sources.to_vec(),
             admin_token,
             publish: config.publish.clone(),
@@ -230,8 +246,61 @@ impl Channels {
         self.mirror.store()
     }
 
-    pub fn channel_configs(&self) -> impl Iterator<Item = &ChannelConfig> {
-        self.channels.values()
+    pub fn channel_configs(&self) -> Vec<ChannelConfig> {
+        self.channels
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn channel_names(&self) -> Vec<String> {
+        self.channels
+            .read()
+            .expect("lock poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a channel through the API: the same rules as a `[[channels]]` entry, kept in
+    /// the catalog. A configured channel's name cannot be taken.
+    pub async fn create_channel(&self, config: ChannelConfig, actor: &Actor) -> Result<()> {
+        let name = config.name.to_string();
+        if self
+            .channels
+            .read()
+            .expect("lock poisoned")
+            .contains_key(&name)
+        {
+            return Err(ChannelsError::Refused(format!("channel {name} exists")));
+        }
+        if let Some(from) = &config.promotes_from {
+            self.channel_config(from.as_str())?;
+            if from.as_str() == name {
+                return Err(ChannelsError::Refused(format!(
+                    "{name} cannot promote from itself"
+                )));
+            }
+        }
+        if let Some(source) = &config.follows {
+            if !self.sources.iter().any(|s| &s.name == source) {
+                return Err(ChannelsError::UnknownSource(source.to_string()));
+            }
+        }
+        let rules = serde_json::to_string(&config).expect("channel rules serialize");
+        let mut tx = self.catalog.begin().await?;
+        if !tx.create_channel(&name, &rules, now()).await? {
+            return Err(ChannelsError::Refused(format!("channel {name} exists")));
+        }
+        tx.commit().await?;
+        info!(channel = %name, actor = %actor.name, "channel created");
+        self.channels
+            .write()
+            .expect("lock poisoned")
+            .insert(name, config);
+        Ok(())
     }
 
     /// The armored public keys hosts put in `Signed-By:` (every active key).
@@ -538,8 +607,8 @@ impl Channels {
         if let Some(snapshot) = snapshot {
             outcome.snapshot = Some(snapshot.id.clone());
             let followers: Vec<String> = self
-                .channels
-                .values()
+                .channel_configs()
+                .into_iter()
                 .filter(|c| {
                     c.follows
                         .as_ref()
@@ -877,12 +946,14 @@ impl Channels {
 
     // ---- channels -------------------------------------------------------------------------
 
-    pub(crate) fn channel_config(&self, name: &str) -> Result<&ChannelConfig> {
-        self.channels
+    pub(crate) fn channel_config(&self, name: &str) -> Result<ChannelConfig> {
+        let channels = self.channels.read().expect("lock poisoned");
+        channels
             .get(name)
+            .cloned()
             .ok_or_else(|| ChannelsError::UnknownChannel {
                 name: name.to_owned(),
-                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
+                known: channels.keys().cloned().collect::<Vec<_>>().join(", "),
             })
     }
 
@@ -893,7 +964,7 @@ impl Channels {
             .await?
             .ok_or_else(|| ChannelsError::UnknownChannel {
                 name: name.to_owned(),
-                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
+                known: self.channel_names().join(", "),
             })
     }
 
@@ -932,7 +1003,7 @@ impl Channels {
         actor: &Actor,
         auto_approved: bool,
     ) -> Result<MoveOutcome> {
-        let to_config = self.channel_config(&req.to)?.clone();
+        let to_config = self.channel_config(&req.to)?;
         let from_state = self.channel_state(&req.from).await?;
         if let Some(allowed) = &to_config.promotes_from {
             if allowed.as_str() != req.from {
@@ -1123,7 +1194,7 @@ impl Channels {
 
     /// [`auto_approve`](Self::auto_approve) as if the time were `at` (unix seconds).
     pub async fn auto_approve_at(&self, channel: &str, at: i64) -> Result<Option<MoveOutcome>> {
-        let config = self.channel_config(channel)?.clone();
+        let config = self.channel_config(channel)?;
         let (Some(from), false) = (&config.promotes_from, config.auto_approve_after.is_zero())
         else {
             return Err(ChannelsError::Refused(format!(
@@ -1182,7 +1253,7 @@ impl Channels {
     /// Runs every channel's auto-approval rule (what `serve` does after each scheduled sync).
     pub async fn auto_approve_all(&self) -> Vec<(String, Result<Option<MoveOutcome>>)> {
         let mut out = Vec::new();
-        for c in self.channels.values() {
+        for c in self.channel_configs() {
             if c.promotes_from.is_some() && !c.auto_approve_after.is_zero() {
                 let name = c.name.to_string();
                 let result = self.auto_approve(&name).await;
@@ -1559,7 +1630,7 @@ impl Channels {
         }
         let half = (self.publish.valid_until.as_secs() / 2) as i64;
         let mut resigned = Vec::new();
-        for name in self.channels.keys() {
+        for name in &self.channel_names() {
             let Ok(served) = self.served(name).await else {
                 continue;
             };
@@ -1576,7 +1647,7 @@ impl Channels {
     }
 
     async fn resign_all(&self, actor: &Actor) -> Result<()> {
-        for name in self.channels.keys() {
+        for name in &self.channel_names() {
             match self.resign(name, actor).await {
                 Ok(_) | Err(ChannelsError::Unpublished(_)) => {}
                 Err(e) => return Err(e),
@@ -1607,6 +1678,15 @@ impl Channels {
             .into_iter()
             .find(|k| k.fingerprint == fingerprint)
             .expect("just added"))
+    }
+
+    /// Adds an existing secret key (armored, without passphrase); from now on it signs too.
+    pub async fn import_key(&self, armored: &str, actor: &Actor) -> Result<String> {
+        let fingerprint = self.keys.lock().expect("lock poisoned").import(armored)?;
+        self.audit_key(actor, serde_json::json!({ "imported": fingerprint }))
+            .await?;
+        self.resign_all(actor).await?;
+        Ok(fingerprint)
     }
 
     /// Stops a key from signing (the rotation's end); every channel is re-signed at once.

@@ -16,7 +16,7 @@ use debian_packaging::signing_key::{create_self_signed_key, signing_secret_key_p
 use pgp::cleartext::CleartextSignedMessage;
 use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::{Signature, SignatureConfig, SignatureType, Subpacket, SubpacketData};
-use pgp::types::PublicKeyTrait as _;
+use pgp::types::{PublicKeyTrait as _, SecretKeyTrait as _};
 use pgp::{ArmorOptions, Deserializable, SignedPublicKey, SignedSecretKey, StandaloneSignature};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -212,6 +212,47 @@ impl KeyStore {
     /// Keys that sign, oldest first.
     pub fn active(&self) -> impl Iterator<Item = &SigningKey> {
         self.keys.iter().filter(|k| k.meta.retired_at.is_none())
+    }
+
+    /// Adds an existing (armored, unprotected) secret key; returns its fingerprint.
+    pub fn import(&mut self, armored_secret: &str) -> Result<String> {
+        let bad = |reason: String| SigningError::BadKeyFile {
+            path: "(imported key)".into(),
+            reason,
+        };
+        let (secret, _) =
+            SignedSecretKey::from_string(armored_secret).map_err(|e| bad(e.to_string()))?;
+        secret
+            .verify()
+            .map_err(|e| bad(format!("self-signatures do not verify: {e}")))?;
+        let public = secret
+            .public_key()
+            .sign(rand::thread_rng(), &secret, String::new)
+            .map_err(|e| bad(e.to_string()))?;
+        let user_id = public
+            .details
+            .users
+            .first()
+            .map(|u| u.id.id().to_owned())
+            .unwrap_or_default();
+        let key = SigningKey {
+            secret,
+            public,
+            meta: KeyMeta {
+                user_id: user_id.to_string(),
+                created_at: chrono::Utc::now().timestamp(),
+                retired_at: None,
+            },
+        };
+        let fingerprint = key.fingerprint();
+        if self.keys.iter().any(|k| k.fingerprint() == fingerprint) {
+            return Err(bad(format!("key {fingerprint} is already in the store")));
+        }
+        // A key that cannot sign is refused before anything is written.
+        key.signature(SignatureType::Binary, b"test")
+            .map_err(|e| bad(format!("cannot sign with it: {e}")))?;
+        self.add(key)?;
+        Ok(fingerprint)
     }
 
     /// Saves a key (secret file 0600, written whole before it is renamed into place).

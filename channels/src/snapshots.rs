@@ -390,7 +390,7 @@ impl Channels {
         snapshot: &str,
         actor: &Actor,
     ) -> Result<MoveOutcome> {
-        let config = self.channel_config(channel)?.clone();
+        let config = self.channel_config(channel)?;
         if let Some(from) = &config.promotes_from {
             return Err(ChannelsError::Refused(format!(
                 "{channel} only takes promotions from {from}\nhint: publish the snapshot to \

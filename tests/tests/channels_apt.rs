@@ -214,6 +214,7 @@ both_backends!(
     a_channels_past_snapshots_stay_addressable,
     indices_reuse_upstream_bytes_and_superseded_ones_stay_for_the_grace_period,
     immediate_sync_downloads_every_package_once,
+    channels_created_through_the_api_and_imported_keys,
 );
 
 async fn promotion_story(backend: Backend) {
@@ -1063,4 +1064,102 @@ async fn immediate_sync_downloads_every_package_once(backend: Backend) {
     let again = s.sync().await;
     assert_eq!(again.downloaded, 0);
     assert!(debs.iter().all(|p| upstream.count(p) == 1));
+}
+
+async fn channels_created_through_the_api_and_imported_keys(backend: Backend) {
+    let s = Setup::new(backend, Duration::ZERO).await;
+    let token = fs_err::read_to_string(s.app.data_dir().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    s.sync().await;
+    cli(
+        &s,
+        &token,
+        &[
+            "channel",
+            "create",
+            "site-berlin",
+            "--promotes-from",
+            "testing",
+            "--min-soak",
+            "0s",
+        ],
+    )
+    .unwrap();
+    let err = cli(&s, &token, &["channel", "create", "site-berlin"]).unwrap_err();
+    assert!(err.contains("exists"), "{err}");
+    let err = cli(
+        &s,
+        &token,
+        &["channel", "create", "site-paris", "--promotes-from", "nope"],
+    )
+    .unwrap_err();
+    assert!(err.contains("unknown_channel"), "{err}");
+    let err = cli(&s, &token, &["channel", "create", "Bad/Name"]).unwrap_err();
+    assert!(err.contains("channel name"), "{err}");
+    cli(
+        &s,
+        &token,
+        &["promote", "--from", "testing", "--to", "site-berlin"],
+    )
+    .unwrap();
+    let host = s.host("berlin", "site-berlin");
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-1");
+    // It survives a restart (another instance opening the same catalog sees it).
+    let other = aptgate::AppState::open(&s.app.config, &s.app.config.sources)
+        .await
+        .unwrap();
+    assert!(other
+        .channels
+        .channel_configs()
+        .iter()
+        .any(|c| c.name.as_str() == "site-berlin"));
+
+    // Import a key made elsewhere (gpg, no passphrase): it signs from now on.
+    let gnupg = s.dir.path().join("gnupg");
+    fs_err::create_dir_all(&gnupg).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = std::process::Command::new("gpg")
+            .env("GNUPGHOME", &gnupg)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "imported <imported@example.org>",
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
+    let secret = s.dir.path().join("secret.asc");
+    fs_err::write(&secret, gpg(&["--armor", "--export-secret-keys"])).unwrap();
+    let public = s.dir.path().join("imported.asc");
+    fs_err::write(&public, gpg(&["--armor", "--export"])).unwrap();
+    let out = cli(&s, &token, &["key", "import", secret.to_str().unwrap()]).unwrap();
+    assert!(out.contains("imported signing key"), "{out}");
+    let listed = cli(&s, &token, &["key", "list"]).unwrap();
+    assert_eq!(
+        listed.lines().count(),
+        3,
+        "header, generated, imported:\n{listed}"
+    );
+    let trusting_imported = host_at(
+        s.dir.path(),
+        "imported-only",
+        &s.app.url,
+        "site-berlin",
+        &public,
+    );
+    assert_eq!(candidate(&trusting_imported, "foo-utils").await, "1.4.2-1");
+    let err = cli(&s, &token, &["key", "import", secret.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("already"), "{err}");
 }

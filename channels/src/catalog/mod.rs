@@ -289,6 +289,12 @@ impl CatalogTx {
         queries::ensure_channel(&mut self.0, name, now).await
     }
 
+    /// Creates a channel defined through the API, with its rules (JSON); returns false if
+    /// the name is taken.
+    pub async fn create_channel(&mut self, name: &str, rules: &str, now: i64) -> Result<bool> {
+        queries::create_channel(&mut self.0, name, rules, now).await
+    }
+
     pub async fn channel(&mut self, name: &str) -> Result<Option<ChannelState>> {
         queries::channel(&mut self.0, name).await
     }

@@ -191,6 +191,8 @@ pub struct ChannelState {
     /// Rises by one with every move; a move names the generation it was computed from.
     pub generation: i64,
     pub updated_at: i64,
+    /// For channels created through the API: their rules (JSON); `None` for configured ones.
+    pub rules: Option<String>,
 }
 
 /// One move of a channel, as recorded in its history.

@@ -364,6 +364,7 @@ struct ChannelRow {
     publication_sha256: Option<String>,
     generation: i64,
     updated_at: i64,
+    rules: Option<String>,
 }
 
 impl From<ChannelRow> for ChannelState {
@@ -374,11 +375,34 @@ impl From<ChannelRow> for ChannelState {
             publication_sha256: r.publication_sha256,
             generation: r.generation,
             updated_at: r.updated_at,
+            rules: r.rules,
         }
     }
 }
 
-const CHANNEL_COLUMNS: &str = "name, snapshot_id, publication_sha256, generation, updated_at";
+const CHANNEL_COLUMNS: &str =
+    "name, snapshot_id, publication_sha256, generation, updated_at, rules";
+
+/// Creates a channel with its rules; returns false if the name is taken.
+pub async fn create_channel(
+    conn: &mut AnyConnection,
+    name: &str,
+    rules: &str,
+    now: i64,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO channels (name, generation, updated_at, rules) VALUES ($1, 0, $2, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(now)
+    .bind(rules)
+    .execute(&mut *conn)
+    .await
+    .map_err(query("create channel"))?
+    .rows_affected()
+        == 1)
+}
 
 pub async fn channel(conn: &mut AnyConnection, name: &str) -> Result<Option<ChannelState>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE name = $1");
