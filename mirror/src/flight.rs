@@ -55,28 +55,18 @@ impl Flight {
     /// Waits until upstream has answered; a failure before the first byte is returned here, so
     /// the client gets an error status instead of a `200` that breaks off.
     pub async fn started(&self) -> Result<(), Failure> {
-        let mut progress = self.progress.clone();
-        let state = progress
-            .wait_for(|p| !matches!(p, Progress::Starting))
-            .await
-            .map(|p| p.clone());
-        match state {
-            Ok(Progress::Failed(failure)) => Err(failure),
-            Ok(_) => Ok(()),
-            Err(_) => Err(Failure {
-                reason: "download abandoned".into(),
-                not_found: false,
-            }),
-        }
+        self.wait_until(|p| !matches!(p, Progress::Starting)).await
     }
 
     /// Waits until the blob is verified and stored (or the download failed).
     pub async fn finished(&self) -> Result<(), Failure> {
-        let mut progress = self.progress.clone();
-        let state = progress
-            .wait_for(|p| matches!(p, Progress::Done | Progress::Failed(_)))
+        self.wait_until(|p| matches!(p, Progress::Done | Progress::Failed(_)))
             .await
-            .map(|p| p.clone());
+    }
+
+    async fn wait_until(&self, reached: impl Fn(&Progress) -> bool) -> Result<(), Failure> {
+        let mut progress = self.progress.clone();
+        let state = progress.wait_for(reached).await.map(|p| p.clone());
         match state {
             Ok(Progress::Failed(failure)) => Err(failure),
             Ok(_) => Ok(()),

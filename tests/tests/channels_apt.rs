@@ -167,6 +167,22 @@ impl Setup {
     }
 }
 
+/// Upstream's next state: foo-utils 1.4.2-2 (which needs the new hello-data 2.10-4),
+/// hello-data 2.10-4 and contrib-tool 1:1.0-1.
+fn next_upstream_state(repo: &mut FixtureRepo) {
+    for p in repo
+        .spec
+        .packages
+        .iter_mut()
+        .filter(|p| p.name == "foo-utils")
+    {
+        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
+    }
+    repo.bump("foo-utils", "1.4.2-2").unwrap();
+    repo.bump("hello-data", "2.10-4").unwrap();
+    repo.bump("contrib-tool", "1:1.0-1").unwrap();
+}
+
 /// The version apt would install on `host` after an update.
 async fn candidate(host: &AptRoot, package: &str) -> String {
     let update = host.update().await.unwrap();
@@ -246,18 +262,7 @@ async fn promotion_story(backend: Backend) {
 
     // Upstream publishes new versions: testing sees them after sync, approved does not.
     // foo-utils 1.4.2-2 needs the new hello-data.
-    for p in s
-        .repo
-        .spec
-        .packages
-        .iter_mut()
-        .filter(|p| p.name == "foo-utils")
-    {
-        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
-    }
-    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
-    s.repo.bump("hello-data", "2.10-4").unwrap();
-    s.repo.bump("contrib-tool", "1:1.0-1").unwrap();
+    next_upstream_state(&mut s.repo);
     let second = s.sync().await;
     let s2 = second.snapshot.clone().expect("changed upstream snapshots");
     assert_eq!(candidate(&testing_host, "foo-utils").await, "1.4.2-2");
@@ -769,18 +774,7 @@ async fn snapshots_filter_merge_pull_and_publish(backend: Backend) {
     let channels = s.app.state.channels.clone();
     let actor = Actor::new("test");
     let s1 = s.sync().await.snapshot.unwrap();
-    for p in s
-        .repo
-        .spec
-        .packages
-        .iter_mut()
-        .filter(|p| p.name == "foo-utils")
-    {
-        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
-    }
-    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
-    s.repo.bump("hello-data", "2.10-4").unwrap();
-    s.repo.bump("contrib-tool", "1:1.0-1").unwrap();
+    next_upstream_state(&mut s.repo);
     let s2 = s.sync().await.snapshot.unwrap();
 
     // filter: only foo-* survives.
@@ -887,18 +881,7 @@ async fn auto_approval_promotes_versions_first_seen_long_enough_ago(backend: Bac
     s.promote(&[]).await.unwrap();
     assert!(channels.auto_approve("approved").await.unwrap().is_none());
 
-    for p in s
-        .repo
-        .spec
-        .packages
-        .iter_mut()
-        .filter(|p| p.name == "foo-utils")
-    {
-        p.depends = Some("libfoo1 (>= 1.4), hello-data (>= 2.10-4)".into());
-    }
-    s.repo.bump("foo-utils", "1.4.2-2").unwrap();
-    s.repo.bump("hello-data", "2.10-4").unwrap();
-    s.repo.bump("contrib-tool", "1:1.0-1").unwrap();
+    next_upstream_state(&mut s.repo);
     s.sync().await;
     channels
         .hold("approved", "contrib-tool", &Actor::new("test"))

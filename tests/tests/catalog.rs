@@ -2,95 +2,46 @@
 //! and a fresh PostgreSQL database (on 127.0.0.1:5432, or `APTGATE_TEST_POSTGRES_URL`).
 
 use aptgate_channels::catalog::*;
+use aptgate_tests::db::{Backend, TestDatabase};
 use std::time::Instant;
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A catalog on a database that exists only for one test.
 struct TestDb {
     catalog: Catalog,
     url: String,
-    _dir: Option<tempfile::TempDir>,
-    _postgres: Option<DropDatabase>,
+    _dir: tempfile::TempDir,
+    _db: TestDatabase,
 }
 
 impl TestDb {
     async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let url = Catalog::sqlite_url(dir.path());
-        let catalog = Catalog::open(&url).await.unwrap();
-        TestDb {
-            catalog,
-            url,
-            _dir: Some(dir),
-            _postgres: None,
-        }
+        Self::open(Backend::Sqlite).await
     }
 
     async fn postgres() -> TestDb {
-        let admin = std::env::var("APTGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| ADMIN_URL.into());
-        let name = format!("aptgate_test_{:016x}", rand::random::<u64>());
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is not reachable at {admin}: {e}\nhint: start it with \
-                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                     or set APTGATE_TEST_POSTGRES_URL"
-                )
-            });
-        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        // From here on the database is dropped however the test ends.
-        let guard = DropDatabase {
-            admin: admin.clone(),
-            name: name.clone(),
+        Self::open(Backend::Postgres).await
+    }
+
+    async fn open(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDatabase::new(backend, dir.path()).await;
+        // An empty URL means the default: SQLite in the data directory.
+        let url = if db.url.is_empty() {
+            Catalog::sqlite_url(dir.path())
+        } else {
+            db.url.clone()
         };
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
         let catalog = Catalog::open(&url).await.unwrap();
         TestDb {
             catalog,
             url,
-            _dir: None,
-            _postgres: Some(guard),
+            _dir: dir,
+            _db: db,
         }
     }
 
     async fn finish(self) {
         self.catalog.close().await;
-    }
-}
-
-/// Drops a test's PostgreSQL database when the test ends, passed or panicked.
-struct DropDatabase {
-    admin: String,
-    name: String,
-}
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // Drop cannot await and may run on the test's runtime: use a thread and runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let mut conn =
-                        <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await?;
-                    sqlx::Executor::execute(&mut conn, sql.as_str()).await?;
-                    Ok::<_, sqlx::Error>(())
-                })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
     }
 }
 
