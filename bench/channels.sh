@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Snapshots, publishing and promotion: aptgate vs aptly vs reprepro on the same synthetic
 # upstream, loopback only. See bench/README.md ("channels.sh") for what is measured and how to
-# read it. Run as root (installs aptly, reprepro, gnupg, time from Debian's packages).
+# read it. Run as root (installs aptly, reprepro, gnupg, nginx-light, time from Debian's
+# packages).
 #
 #   sudo bench/channels.sh                  # N = 1000 10000 60000
 #   sudo NS="1000 10000" bench/channels.sh  # smaller
 #   sudo WRITE_README=0 bench/channels.sh   # print the report only
+#   sudo UPSTREAM=fixture bench/channels.sh # serve the upstream with `aptgate-fixture serve`
 set -euo pipefail
 
 NS=${NS:-"1000 10000 60000"}
-# reprepro takes ~25 s per 1000 packages here; above this N it is skipped.
-REPREPRO_MAX=${REPREPRO_MAX:-10000}
+# reprepro is skipped above this N.
+REPREPRO_MAX=${REPREPRO_MAX:-60000}
+# Who serves the synthetic upstream: nginx (default) or `aptgate-fixture serve`. The latter
+# answers each request on a kept-alive connection ~40 ms late (no TCP_NODELAY: the body waits
+# for the client's delayed ACK of the headers), which dominates every tool's downloads.
+UPSTREAM_SERVER=${UPSTREAM:-nginx}
 WRITE_README=${WRITE_README:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -19,14 +25,14 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 need=()
-for tool in aptly reprepro gpg curl python3; do
-  command -v "$tool" >/dev/null || need+=("$tool")
+for pkg in aptly:aptly reprepro:reprepro gpg:gnupg curl:curl python3:python3 nginx:nginx-light \
+  /usr/bin/time:time; do
+  command -v "${pkg%%:*}" >/dev/null || need+=("${pkg#*:}")
 done
-[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq aptly reprepro gnupg time curl python3 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 echo "== building aptgate (release)" >&2
@@ -35,6 +41,7 @@ APTGATE="$ROOT/target/release/aptgate"
 FIXTURE="$ROOT/target/release/aptgate-fixture"
 
 WORK=$(mktemp -d /tmp/aptgate-bench-channels.XXXXXX)
+chmod 755 "$WORK" # nginx's workers (user nobody) read the upstream from here
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -71,6 +78,21 @@ measure() {
   read -r secs kib <"$WORK/time"
   printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$tool" "$step" "$secs" "$kib" >>"$RESULTS"
   printf '  %-9s %-44s %8.2f s  %7d MiB\n' "$tool" "$step" "$secs" $((kib / 1024)) >&2
+}
+
+# measure_ag N STEP PID CMD...: like measure, but the peak RSS is the aptgate server's (PID)
+# during the step (its VmHWM, reset before the step), not the CLI's (a thin API client).
+measure_ag() {
+  local n=$1 step=$2 pid=$3
+  shift 3
+  echo 5 >"/proc/$pid/clear_refs"
+  if ! /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >"$WORK/out" 2>&1; then
+    echo "FAILED: aptgate $step: $*" >&2
+    tail -20 "$WORK/out" >&2
+    exit 1
+  fi
+  read -r secs _ <"$WORK/time"
+  record "$n" aptgate "$step" "$secs" "$(vmhwm "$pid")"
 }
 
 # record N TOOL STEP SECONDS KIB: a figure measured another way.
@@ -115,20 +137,68 @@ EOF
   echo $!
 }
 
+# The synthetic upstream, served from DIR (a symlink the script flips from base to next).
+start_upstream() { # DIR → sets UPSTREAM and UPSTREAM_PID
+  local dir=$1 port
+  port=$(free_port)
+  if [ "$UPSTREAM_SERVER" = fixture ]; then
+    "$FIXTURE" serve "$dir" --port "$port" >/dev/null 2>&1 &
+  else
+    mkdir -p "$WORK/nginx-tmp"
+    cat >"$WORK/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 1024; }
+http {
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx-tmp;
+  types { application/octet-stream deb; }
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$port; root $dir; access_log off; }
+}
+EOF
+    nginx -p "$WORK" -e "$WORK/nginx.err" -c "$WORK/nginx.conf" &
+  fi
+  UPSTREAM_PID=$!
+  PIDS+=("$UPSTREAM_PID")
+  UPSTREAM="http://127.0.0.1:$port"
+  wait_http "$UPSTREAM/dists/stable/InRelease"
+}
+
+# versions_in URL-PREFIX: how many packages at version 1.0-2 (bumped) the repository's four
+# binary indices list.
+versions_in() {
+  local n=0 c a k
+  for c in main contrib; do
+    for a in amd64 arm64; do
+      k=$(curl -sf "$1/dists/stable/$c/binary-$a/Packages" | grep -c '^Version: 1.0-2$' || true)
+      n=$((n + k))
+    done
+  done
+  echo "$n"
+}
+
+NOTES="$WORK/notes.tsv" # N  what  value
+: >"$NOTES"
+note() { printf '%s\t%s\t%s\n' "$@" >>"$NOTES"; echo "  note: $2: $3" >&2; }
+
 for N in $NS; do
   echo "== N = $N packages" >&2
   D="$WORK/$N"
   mkdir -p "$D"
-  "$FIXTURE" generate "$D/repo" --packages "$N" --next-percent 5 --large-mib 1 --medium-kib 16 >"$D/generated.tsv"
+  /usr/bin/time -f "%e %M" -o "$WORK/time" \
+    "$FIXTURE" generate "$D/repo" --packages "$N" --next-percent 5 --large-mib 1 --medium-kib 16 >"$D/generated.tsv"
+  read -r secs kib <"$WORK/time"
+  record "$N" fixture "generate base + next" "$secs" "$kib"
   KEY="$D/repo/base/key.asc"
   ln -sfn "$D/repo/base" "$D/current"
-  UPORT=$(free_port)
-  "$FIXTURE" serve "$D/current" --port "$UPORT" >/dev/null 2>&1 &
-  PIDS+=($!)
-  UPSTREAM="http://127.0.0.1:$UPORT"
-  wait_http "$UPSTREAM/dists/stable/InRelease"
-  ONLY=$(for i in $(seq 0 20 180); do printf 'extra-%04d,' "$i"; done)
-  ONLY=${ONLY%,}
+  start_upstream "$D/current"
+  # Ten bumped programs whose new versions need their bumped libraries.
+  ONLY=$(awk -F'\t' '$1 == "selective" { print $2 }' "$D/generated.tsv")
+  [ -n "$ONLY" ] || { echo "the generator named no packages for the selective promotion" >&2; exit 1; }
 
   # --- aptgate, on_demand --------------------------------------------------------------
   PORT=$(free_port)
@@ -136,15 +206,18 @@ for N in $NS; do
   PIDS+=("$PID")
   wait_http "http://127.0.0.1:$PORT/healthz"
   A=("$APTGATE" --config "$D/aptgate/aptgate.toml")
-  measure "$N" aptgate "sync + snapshot + publish (on_demand)" "${A[@]}" sync
-  measure "$N" aptgate "first promotion (stores all .debs)" "${A[@]}" promote --from testing --to approved
+  CH="http://127.0.0.1:$PORT/channels"
+  measure_ag "$N" "sync + snapshot + publish (on_demand)" "$PID" "${A[@]}" sync
+  measure_ag "$N" "first promotion (stores all .debs)" "$PID" "${A[@]}" promote --from testing --to approved
   ln -sfn "$D/repo/next" "$D/current"
-  measure "$N" aptgate "incremental sync + snapshot + publish" "${A[@]}" sync
-  measure "$N" aptgate "selective promotion of 10 (renders .xz)" "${A[@]}" promote --from testing --to approved --only "$ONLY"
-  measure "$N" aptgate "whole promotion (publish switch)" "${A[@]}" promote --from testing --to approved
-  measure "$N" aptgate "rollback (switch back, all stored)" "${A[@]}" rollback approved
-  measure "$N" aptgate "whole promotion again (all stored)" "${A[@]}" promote --from testing --to approved
-  record "$N" aptgate "server peak RSS (on_demand run)" 0 "$(vmhwm "$PID")"
+  measure_ag "$N" "incremental sync + snapshot + publish" "$PID" "${A[@]}" sync
+  note "$N" "bumped packages in testing after the next sync (aptgate)" "$(versions_in "$CH/testing")"
+  measure_ag "$N" "selective promotion of 10 (renders .xz)" "$PID" "${A[@]}" promote --from testing --to approved --only "$ONLY"
+  note "$N" "bumped packages in approved after the selective promotion (aptgate)" "$(versions_in "$CH/approved")"
+  measure_ag "$N" "whole promotion (fetches the new 5 %)" "$PID" "${A[@]}" promote --from testing --to approved
+  note "$N" "bumped packages in approved after the whole promotion (aptgate)" "$(versions_in "$CH/approved")"
+  measure_ag "$N" "rollback (switch back, all stored)" "$PID" "${A[@]}" rollback approved
+  measure_ag "$N" "whole promotion again (all stored)" "$PID" "${A[@]}" promote --from testing --to approved
   kill "$PID"
 
   # --- aptgate, immediate ----------------------------------------------------------------
@@ -153,8 +226,7 @@ for N in $NS; do
   PID=$(start_aptgate "$D/aptgate-immediate" "$PORT" "$UPSTREAM" "$KEY" immediate)
   PIDS+=("$PID")
   wait_http "http://127.0.0.1:$PORT/healthz"
-  measure "$N" aptgate "sync + snapshot + publish (immediate)" "$APTGATE" --config "$D/aptgate-immediate/aptgate.toml" sync
-  record "$N" aptgate "server peak RSS (immediate run)" 0 "$(vmhwm "$PID")"
+  measure_ag "$N" "sync + snapshot + publish (immediate)" "$PID" "$APTGATE" --config "$D/aptgate-immediate/aptgate.toml" sync
   kill "$PID"
 
   # --- aptly -----------------------------------------------------------------------------
@@ -174,12 +246,16 @@ for N in $NS; do
   # shellcheck disable=SC2086
   measure "$N" aptly "snapshot pull of 10" "${AP[@]}" snapshot pull -no-deps=false s1 s2 s3 ${ONLY//,/ }
   measure "$N" aptly "publish switch (pulled)" "${AP[@]}" publish switch -batch -passphrase= -gpg-key="$SIGN_KEY" stable s3
+  note "$N" "bumped packages in the pulled snapshot (aptly)" \
+    "$("${AP[@]}" snapshot show -with-packages s3 | grep -c '_1\.0-2_' || true)"
 
   # --- reprepro --------------------------------------------------------------------------
   if [ "$N" -le "$REPREPRO_MAX" ]; then
   ln -sfn "$D/repo/base" "$D/current"
   R="$D/reprepro"
   mkdir -p "$R/conf"
+  gpg --batch --quiet --import "$KEY" 2>/dev/null
+  FIXTURE_KEY=$(gpg --batch --with-colons --show-keys "$KEY" | awk -F: '/^fpr/ {print $10; exit}')
   cat >"$R/conf/distributions" <<EOF
 Codename: stable
 Architectures: amd64 arm64
@@ -193,80 +269,126 @@ Method: $UPSTREAM/
 Suite: stable
 Components: main contrib
 Architectures: amd64 arm64
-VerifyRelease: blindtrust
+VerifyRelease: ${FIXTURE_KEY: -16}
 EOF
   measure "$N" reprepro "update (download + export)" reprepro -b "$R" --noskipold update
   ln -sfn "$D/repo/next" "$D/current"
   measure "$N" reprepro "update (next)" reprepro -b "$R" --noskipold update
   fi
 
-  rm -rf "$D/aptly" "$D/reprepro" "$D/aptgate" "$D/aptgate-immediate"
+  kill "$UPSTREAM_PID"
+  wait "$UPSTREAM_PID" 2>/dev/null || true
+  rm -rf "$D"
 done
 
 # --- report --------------------------------------------------------------------------------
 REPORT="$WORK/report.md"
-python3 - "$RESULTS" "$NS" >"$REPORT" <<'PY'
+python3 - "$RESULTS" "$NOTES" "$NS" >"$REPORT" <<'PY'
 import sys, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-ns = sys.argv[2].split()
+notes = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
+ns = sys.argv[3].split()
 t = collections.defaultdict(dict)
+order = []
 for n, tool, step, secs, kib in rows:
     t[n][(tool, step)] = (float(secs), int(kib))
+    if (tool, step) not in order:
+        order.append((tool, step))
+NAN = float("nan")
 def s(n, tool, step):
-    return t[n].get((tool, step), (float("nan"), 0))[0]
-def rss(n, tool, step):
-    return t[n].get((tool, step), (0, 0))[1] / 1024
-out = []
-out.append("| step | " + " | ".join(f"N = {n}" for n in ns) + " |")
-out.append("|---|" + "---:|" * len(ns))
-for n0 in ns[:1]:
-    steps = [k for k in t[n0]]
-for tool, step in steps:
+    return t[n].get((tool, step), (NAN, 0))[0]
+def mib(kib):
+    return kib / 1024
+out = print
+out("Time (wall) per step, and in brackets the peak RSS: of the command for aptly and reprepro;")
+out("for aptgate, of the **server** during that step (its `VmHWM`, reset before each step; the")
+out("CLI is a thin API client of ~10 MiB).\n")
+out("| step | " + " | ".join(f"N = {n}" for n in ns) + " |")
+out("|---|" + "---:|" * len(ns))
+for tool, step in order:
     cells = []
     for n in ns:
         if (tool, step) not in t[n]:
             cells.append("skipped")
             continue
         secs, kib = t[n][(tool, step)]
-        cells.append(f"{kib/1024:.0f} MiB" if "peak RSS" in step else f"{secs:.2f} s ({kib/1024:.0f} MiB)")
-    out.append(f"| {tool}: {step} | " + " | ".join(cells) + " |")
-print("Time (wall) and peak RSS of the command; for aptgate the CLI is a thin client, so the")
-print("server's peak RSS is the `server peak RSS` rows.\n")
-print("\n".join(out))
-print()
-print("Ratios (aptly or reprepro time / aptgate time; higher is better for aptgate):\n")
-print("| comparison | target | " + " | ".join(f"N = {n}" for n in ns) + " |")
-print("|---|---|" + "---:|" * len(ns))
+        cells.append(f"{secs:.2f} s ({mib(kib):.0f} MiB)")
+    out(f"| {tool}: {step} | " + " | ".join(cells) + " |")
+out()
+if notes:
+    out("Checks (packages at the bumped version 1.0-2 in the published indices; the generator bumps")
+    out("5 %: a program and the library its new version needs, in pairs):\n")
+    out("| check | " + " | ".join(f"N = {n}" for n in ns) + " |")
+    out("|---|" + "---:|" * len(ns))
+    what = []
+    for n, w, v in notes:
+        if w not in what:
+            what.append(w)
+    vals = {(n, w): v for n, w, v in notes}
+    for w in what:
+        out(f"| {w} | " + " | ".join(vals.get((n, w), "—") for n in ns) + " |")
+    out()
+
 def ratio(num, den):
-    return "—" if den != den or num != num or den == 0 else f"{num/den:.1f}×"
+    return NAN if den != den or num != num or den == 0 else num / den
+def fmt(r):
+    return "—" if r != r else f"{r:.1f}×"
+aptly_full = lambda n: s(n,"aptly","mirror update")+s(n,"aptly","snapshot create")+s(n,"aptly","publish snapshot")
+aptly_incr = lambda n: s(n,"aptly","mirror update (next)")+s(n,"aptly","snapshot create (next)")+s(n,"aptly","publish switch")
+aptly_pull = lambda n: s(n,"aptly","snapshot pull of 10")+s(n,"aptly","publish switch (pulled)")
+ag = lambda step: (lambda n: s(n, "aptgate", step))
 comps = [
-    ("aptly update+snapshot+publish / aptgate immediate sync", "≥ 3×",
-     lambda n: (s(n,"aptly","mirror update")+s(n,"aptly","snapshot create")+s(n,"aptly","publish snapshot"), s(n,"aptgate","sync + snapshot + publish (immediate)"))),
-    ("aptly update+snapshot+publish / aptgate on_demand sync", "≥ 20×",
-     lambda n: (s(n,"aptly","mirror update")+s(n,"aptly","snapshot create")+s(n,"aptly","publish snapshot"), s(n,"aptgate","sync + snapshot + publish (on_demand)"))),
-    ("aptly incremental (update+snapshot+switch) / aptgate incremental sync", "≥ 5×",
-     lambda n: (s(n,"aptly","mirror update (next)")+s(n,"aptly","snapshot create (next)")+s(n,"aptly","publish switch"), s(n,"aptgate","incremental sync + snapshot + publish"))),
-    ("aptly publish switch / aptgate whole promotion again (all stored)", "≥ 50×",
-     lambda n: (s(n,"aptly","publish switch"), s(n,"aptgate","whole promotion again (all stored)"))),
-    ("aptly publish switch / aptgate whole promotion (fetching the 5 %)", "—",
-     lambda n: (s(n,"aptly","publish switch"), s(n,"aptgate","whole promotion (publish switch)"))),
-    ("aptly pull+switch / aptgate selective promotion of 10", "≥ 3×",
-     lambda n: (s(n,"aptly","snapshot pull of 10")+s(n,"aptly","publish switch (pulled)"), s(n,"aptgate","selective promotion of 10 (renders .xz)"))),
-    ("reprepro update / aptgate immediate sync", "—",
-     lambda n: (s(n,"reprepro","update (download + export)"), s(n,"aptgate","sync + snapshot + publish (immediate)"))),
-    ("reprepro update (next) / aptgate incremental sync", "—",
-     lambda n: (s(n,"reprepro","update (next)"), s(n,"aptgate","incremental sync + snapshot + publish"))),
+    ("aptly update+snapshot+publish / aptgate immediate sync", "≥ 3×", aptly_full, ag("sync + snapshot + publish (immediate)")),
+    ("aptly update+snapshot+publish / aptgate on_demand sync", "≥ 20×", aptly_full, ag("sync + snapshot + publish (on_demand)")),
+    ("aptly update+snapshot+publish / aptgate on_demand sync + first promotion (all .debs stored)", "—", aptly_full,
+     lambda n: s(n,"aptgate","sync + snapshot + publish (on_demand)")+s(n,"aptgate","first promotion (stores all .debs)")),
+    ("aptly incremental (update+snapshot+switch) / aptgate incremental sync", "≥ 5×", aptly_incr, ag("incremental sync + snapshot + publish")),
+    ("aptly publish switch / aptgate whole promotion again (all stored)", "≥ 50×", lambda n: s(n,"aptly","publish switch"), ag("whole promotion again (all stored)")),
+    ("aptly publish switch / aptgate whole promotion (fetching the new 5 %)", "—", lambda n: s(n,"aptly","publish switch"), ag("whole promotion (fetches the new 5 %)")),
+    ("aptly pull+switch / aptgate selective promotion of 10", "≥ 3×", aptly_pull, ag("selective promotion of 10 (renders .xz)")),
+    ("reprepro update / aptgate immediate sync", "—", lambda n: s(n,"reprepro","update (download + export)"), ag("sync + snapshot + publish (immediate)")),
+    ("reprepro update (next) / aptgate incremental sync", "—", lambda n: s(n,"reprepro","update (next)"), ag("incremental sync + snapshot + publish")),
 ]
-for name, target, f in comps:
-    print(f"| {name} | {target} | " + " | ".join(ratio(*f(n)) for n in ns) + " |")
-print()
-peak = max([rss(n,"aptgate","server peak RSS (on_demand run)") for n in ns] + [rss(n,"aptgate","server peak RSS (immediate run)") for n in ns])
-aptly_peak = max(t[n].get((tool, step), (0,0))[1]/1024 for n in ns for (tool, step) in t[n] if tool == "aptly")
-print(f"aptgate server peak RSS over all runs: {peak:.0f} MiB (target < 200 MB); aptly's largest step: {aptly_peak:.0f} MiB.")
+out("Ratios (aptly or reprepro time / aptgate time; higher is better for aptgate):\n")
+out("| comparison | target | " + " | ".join(f"N = {n}" for n in ns) + " |")
+out("|---|---|" + "---:|" * len(ns))
+for name, target, num, den in comps:
+    out(f"| {name} | {target} | " + " | ".join(fmt(ratio(num(n), den(n))) for n in ns) + " |")
+out()
+
+# Targets, at the largest N measured (the issue states them for N = 60000).
+n = max(ns, key=int)
+def verdict(ok):
+    return "met" if ok else "**not met**"
+out(f"Targets (issue 3) at N = {n}" + ("" if n == "60000" else " (the issue states them for N = 60000)") + ":\n")
+out("| target | measured | result |")
+out("|---|---|---|")
+def target(name, num, den, need, extra=""):
+    r = ratio(num, den)
+    out(f"| {name} | {fmt(r)} ({den:.2f} s vs {num:.2f} s){extra} | {verdict(r == r and r >= need)} |")
+target("`immediate` sync + snapshot + publish ≥ 3× faster than aptly's mirror update + snapshot + publish",
+       aptly_full(n), ag("sync + snapshot + publish (immediate)")(n), 3)
+target("`on_demand` sync + snapshot + publish ≥ 20× faster", aptly_full(n), ag("sync + snapshot + publish (on_demand)")(n), 20)
+target("incremental cycle (sync next, snapshot, publish) ≥ 5× faster", aptly_incr(n), ag("incremental sync + snapshot + publish")(n), 5)
+again = [s(m, "aptgate", "whole promotion again (all stored)") for m in ns]
+flat = " → ".join(f"{x:.2f} s" for x in again)
+target("whole promotion ≥ 50× faster than aptly's publish switch (every package stored)",
+       s(n,"aptly","publish switch"), ag("whole promotion again (all stored)")(n), 50)
+fetching = ag("whole promotion (fetches the new 5 %)")(n)
+out(f"| … the same promotion when it first fetches the new 5 % of `.deb`s (on_demand) | {fmt(ratio(s(n,'aptly','publish switch'), fetching))} ({fetching:.2f} s) | (no target; aptly fetched them in its mirror update) |")
+if len(ns) > 1:
+    lo, hi = min(x for x in again if x == x), max(x for x in again if x == x)
+    out(f"| whole promotion's cost flat in N (N = {', '.join(ns)}) | {flat} | {verdict(hi <= 2 * max(lo, 0.05))} |")
+target("selective promotion of 10 (with `.xz`) ≥ 3× faster than `snapshot pull` + publish switch",
+       aptly_pull(n), ag("selective promotion of 10 (renders .xz)")(n), 3)
+ag_steps = [(k, v) for k, v in t[n].items() if k[0] == "aptgate"]
+(peak_step, (_, peak_kib)) = max(ag_steps, key=lambda kv: kv[1][1])
+aptly_peak = max([v[1] for k, v in t[n].items() if k[0] == "aptly"] or [0])
+out(f"| aptgate server peak RSS < 200 MB | {peak_kib * 1024 / 1e6:.0f} MB ({mib(peak_kib):.0f} MiB, in \"{peak_step[1]}\"); aptly's largest step {aptly_peak * 1024 / 1e6:.0f} MB | {verdict(peak_kib * 1024 < 200e6)} |")
 PY
 
 {
-  echo "Run: \`sudo NS=\"$NS\" bench/channels.sh\` on $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores, aptgate $(cd "$ROOT" && git describe --always --dirty), $(aptly version | head -1), reprepro $(reprepro --version 2>&1 | head -1 | awk '{print $NF}')."
+  echo "Run: \`sudo NS=\"$NS\" bench/channels.sh\` on $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores, upstream served by $UPSTREAM_SERVER, aptgate $(cd "$ROOT" && git describe --always --dirty), $(aptly version | head -1), reprepro $(reprepro --version 2>&1 | head -1 | awk '{print $NF}')."
   echo
   cat "$REPORT"
 } >"$WORK/full.md"
