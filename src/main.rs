@@ -555,7 +555,7 @@ async fn admin(
                             "priorities": priorities, "excludes": excludes, "name": name}),
                     )
                     .await?;
-                println!("created snapshot {}: {}", created.id, created.description);
+                print_created(&created);
             }
             SnapshotCommand::Merge {
                 snapshots,
@@ -569,7 +569,7 @@ async fn admin(
                             "name": name}),
                     )
                     .await?;
-                println!("created snapshot {}: {}", created.id, created.description);
+                print_created(&created);
             }
             SnapshotCommand::Pull {
                 base,
@@ -583,7 +583,7 @@ async fn admin(
                         serde_json::json!({"from": from, "packages": packages, "name": name}),
                     )
                     .await?;
-                println!("created snapshot {}: {}", created.id, created.description);
+                print_created(&created);
             }
         },
         Command::Publish {
@@ -824,6 +824,10 @@ async fn admin(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_created(s: &Snapshot) {
+    println!("created snapshot {}: {}", s.id, s.description);
 }
 
 fn print_move(m: &MoveOutcome) {

@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
-    #[serde(with = "hex_digest")]
     pub sha256: Sha256,
     pub size: u64,
 }
@@ -102,24 +101,9 @@ pub struct Publication {
     pub format: u32,
     pub channel: String,
     pub snapshot: String,
-    #[serde(with = "hex_digest")]
     pub manifest: Sha256,
     /// Unix seconds of signing.
     pub signed_at: i64,
     pub valid_until: Option<i64>,
     pub suites: BTreeMap<String, SignedRelease>,
-}
-
-mod hex_digest {
-    use aptgate_mirror::Sha256;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Sha256, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&d.to_hex())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256, D::Error> {
-        let hex = String::deserialize(d)?;
-        Sha256::from_hex(&hex).map_err(serde::de::Error::custom)
-    }
 }

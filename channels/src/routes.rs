@@ -228,13 +228,13 @@ async fn resolve(
                 .and_then(|(_, b)| blob(b.sha256)))
         }
         ["pool", ..] => {
-            let Some((digest, size, origin)) = channels.pool_file(&served, path.as_str()).await?
-            else {
+            let Some((digest, size)) = channels.pool_file(&served, path.as_str()).await? else {
                 return Ok(None);
             };
             if mirror.store().contains(&digest) {
                 return Ok(blob(digest));
             }
+            let origin = channels.origin(&digest).await?;
             // Not stored yet (on_demand): fetched once from the package's upstream,
             // checked against the sha256 the snapshot recorded.
             mirror

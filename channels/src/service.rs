@@ -318,7 +318,8 @@ impl Channels {
 
     // ---- blobs --------------------------------------------------------------------------
 
-    async fn put_json<T: serde::Serialize>(&self, value: &T) -> Result<Sha256> {
+    /// Stores a value (a manifest, a publication) as a JSON blob; returns its digest.
+    pub(crate) async fn put_json<T: serde::Serialize>(&self, value: &T) -> Result<Sha256> {
         let bytes = serde_json::to_vec(value).expect("manifests serialize");
         Ok(self.store().insert(&bytes, Expected::default()).await?)
     }
@@ -349,20 +350,8 @@ impl Channels {
         })
     }
 
-    /// Stores a manifest; returns its digest.
-    pub(crate) async fn store_manifest(&self, manifest: &Manifest) -> Result<Sha256> {
-        self.put_json(manifest).await
-    }
-
-    pub(crate) async fn index_text(
-        &self,
-        texts: &mut Texts,
-        blob: &BlobRef,
-    ) -> Result<Arc<String>> {
-        self.text(texts, blob).await
-    }
-
-    async fn text(&self, texts: &mut Texts, blob: &BlobRef) -> Result<Arc<String>> {
+    /// An index's text, read from the store once per `texts` cache.
+    pub(crate) async fn text(&self, texts: &mut Texts, blob: &BlobRef) -> Result<Arc<String>> {
         if let Some(t) = texts.get(&blob.sha256) {
             return Ok(t.clone());
         }
@@ -1405,7 +1394,14 @@ impl Channels {
         let signed_at = now();
         let valid_until = (!self.publish.valid_until.is_zero())
             .then(|| signed_at + self.publish.valid_until.as_secs() as i64);
-        let manifest_digest = self.put_json(manifest).await?;
+        // The snapshot names its manifest blob: nothing to store again.
+        let manifest_digest = Sha256::from_hex(&snapshot.manifest_sha256).map_err(|e| {
+            ChannelsError::CorruptBlob {
+                what: "manifest",
+                digest: snapshot.manifest_sha256.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let mut suites = BTreeMap::new();
         for (suite, sm) in &manifest.suites {
             if !config.suites.is_empty() && !config.suites.contains(suite) {
@@ -1801,25 +1797,22 @@ impl Channels {
         Ok(served)
     }
 
-    /// Where a channel's `pool/` path comes from: (sha256, size, origin source).
-    pub async fn pool_file(
-        &self,
-        served: &Served,
-        path: &str,
-    ) -> Result<Option<(Sha256, u64, String)>> {
+    /// The digest and size a channel's `pool/` path stands for, if it lists it.
+    pub async fn pool_file(&self, served: &Served, path: &str) -> Result<Option<(Sha256, u64)>> {
         let map = self
             .pool_map(&served.publication.manifest, &served.manifest)
             .await?;
-        let Some(&(digest, size)) = map.get(path) else {
-            return Ok(None);
-        };
-        let origin = self
+        Ok(map.get(path).copied())
+    }
+
+    /// The upstream source a package was recorded from: where it is fetched on first demand.
+    pub async fn origin(&self, digest: &Sha256) -> Result<String> {
+        Ok(self
             .catalog
             .package(&digest.to_hex())
             .await?
             .map(|p| p.package.origin)
-            .unwrap_or_default();
-        Ok(Some((digest, size, origin)))
+            .unwrap_or_default())
     }
 
     async fn pool_map(&self, digest: &Sha256, manifest: &Manifest) -> Result<Arc<PoolMap>> {

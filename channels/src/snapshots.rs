@@ -123,7 +123,7 @@ impl Channels {
         for (suite, sm) in &manifest.suites {
             let mut indices = BTreeMap::new();
             for (key, files) in &sm.indices {
-                let text = self.index_text(texts, &files.plain).await?;
+                let text = self.text(texts, &files.plain).await?;
                 let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
                     what: format!("{suite} {key}"),
                     source,
@@ -347,7 +347,7 @@ impl Channels {
                 )));
             }
         }
-        let digest = self.store_manifest(&manifest).await?;
+        let digest = self.put_json(&manifest).await?;
         // Ids keep the source-derived prefix short and path-safe.
         let prefix: String = prefix
             .split('-')

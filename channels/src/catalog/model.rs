@@ -3,6 +3,39 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// An enum stored and shown as a fixed lowercase word (the catalog's CHECK constraints list
+/// the same words): `ALL`, `as_str`, `parse`, `Display` and serde as that word.
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $word:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),*
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word),*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A `.deb` as a verified `Packages` index describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPackage {
@@ -30,31 +63,15 @@ pub struct Package {
     pub first_seen: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotKind {
-    Sync,
-    Filter,
-    Merge,
-    Pull,
-}
-
-impl SnapshotKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sync => "sync",
-            Self::Filter => "filter",
-            Self::Merge => "merge",
-            Self::Pull => "pull",
-        }
+string_enum!(
+    /// How a snapshot came to be.
+    SnapshotKind {
+        Sync => "sync",
+        Filter => "filter",
+        Merge => "merge",
+        Pull => "pull",
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Sync, Self::Filter, Self::Merge, Self::Pull]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
+);
 
 /// An immutable view of sources at one moment. Its membership is the manifest blob (a
 /// content-addressed file listing the index files per suite/component/architecture).
@@ -69,51 +86,18 @@ pub struct Snapshot {
     pub sources: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditAction {
-    Sync,
-    Snapshot,
-    Promote,
-    Hold,
-    Release,
-    Rollback,
-    Key,
-}
-
-impl AuditAction {
-    pub const ALL: [Self; 7] = [
-        Self::Sync,
-        Self::Snapshot,
-        Self::Promote,
-        Self::Hold,
-        Self::Release,
-        Self::Rollback,
-        Self::Key,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sync => "sync",
-            Self::Snapshot => "snapshot",
-            Self::Promote => "promote",
-            Self::Hold => "hold",
-            Self::Release => "release",
-            Self::Rollback => "rollback",
-            Self::Key => "key",
-        }
+string_enum!(
+    /// What an audit entry records.
+    AuditAction {
+        Sync => "sync",
+        Snapshot => "snapshot",
+        Promote => "promote",
+        Hold => "hold",
+        Release => "release",
+        Rollback => "rollback",
+        Key => "key",
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-}
-
-impl fmt::Display for AuditAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+);
 
 /// One recorded change: who did what, when, to which channel, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,40 +130,16 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
 }
 
-/// Why a channel moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelAction {
-    Promote,
-    Rollback,
-    /// An automatic move: the channel follows a source or another channel.
-    Follow,
-    /// Same snapshot, freshly signed Release (a `Valid-Until` refresh or a key change).
-    Resign,
-}
-
-impl ChannelAction {
-    pub const ALL: [Self; 4] = [Self::Promote, Self::Rollback, Self::Follow, Self::Resign];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Promote => "promote",
-            Self::Rollback => "rollback",
-            Self::Follow => "follow",
-            Self::Resign => "resign",
-        }
+string_enum!(
+    /// Why a channel moved (`Follow`: it follows a source; `Resign`: same snapshot, freshly
+    /// signed Release for a `Valid-Until` refresh or a key change).
+    ChannelAction {
+        Promote => "promote",
+        Rollback => "rollback",
+        Follow => "follow",
+        Resign => "resign",
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-}
-
-impl fmt::Display for ChannelAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+);
 
 /// Where a channel points now. A channel that was never published has no snapshot yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
