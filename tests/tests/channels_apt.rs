@@ -687,7 +687,6 @@ async fn a_killed_promotion_leaves_the_channel_consistent(backend: Backend) {
     let host = host_at(&dir, "host", &server.url, "approved", &key);
     assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
     server.kill();
-    drop(p.db);
 }
 
 async fn keys_rotate_and_releases_are_resigned(backend: Backend) {
