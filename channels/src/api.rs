@@ -5,6 +5,7 @@
 //! from `X-Aptgate-Actor` (the CLI sends the local user name) and recorded as
 //! `<actor>` in the audit log. Errors are `{"code": "...", "message": "..."}` with a stable code.
 
+pub use crate::admin_token::{load_or_create_token, token_path, TOKEN_FILE};
 use crate::catalog::{AuditAction, AuditFilter};
 use crate::{Actor, Channels, ChannelsError, PromoteRequest};
 use axum::extract::{FromRef, Path, Query, State};
@@ -14,31 +15,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
-
-/// The file holding the admin token, in the data directory.
-pub const TOKEN_FILE: &str = "admin-token";
-
-/// Reads the admin token, creating it (random, 0600) on first start. Returns the token and
-/// whether it was just created.
-pub fn load_or_create_token(data_dir: &FsPath) -> std::io::Result<(String, bool)> {
-    let path = data_dir.join(TOKEN_FILE);
-    match fs_err::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_owned(), false)),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    crate::signing::write_private(&path, format!("{token}\n").as_bytes())
-        .map_err(std::io::Error::other)?;
-    Ok((token, true))
-}
-
-pub fn token_path(data_dir: &FsPath) -> PathBuf {
-    data_dir.join(TOKEN_FILE)
-}
 
 /// An API error: status, stable code, message.
 pub struct ApiError {

@@ -1,23 +1,56 @@
 //! Snapshots, channels and publishing.
 //!
-//! Built so far: the [`catalog`] — packages known by content (once per sha256, with when each
-//! version was first seen), snapshots (immutable; membership held as content-addressed
-//! manifest blobs, never one row per package) and the audit log — on SQLite or PostgreSQL.
+//! The [`catalog`] holds the metadata (packages once per sha256, snapshots, channels, history,
+//! holds, the audit log) on SQLite or PostgreSQL; membership lives in content-addressed
+//! [`manifest`] blobs, never one row per package. [`Channels`] is the service every operation
+//! runs on; each concept has its own file:
 //!
-//! Still to come (issue "Snapshots, staged channels, promotion and signed publishing"): sync
-//! creating snapshots, channels that point at snapshots (`testing`, `approved`, `site-…`),
-//! promotion with holds, rollback and rules, and the signed apt repository each channel is
-//! published as under `/channels/<channel>/`.
+//! | file | what it does |
+//! |---|---|
+//! | `service.rs` | the [`Channels`] state and how it is opened |
+//! | `registry.rs` | channel definitions (configured or created through the API) and their state |
+//! | `sync.rs` | sync: verified upstream indices → packages recorded → snapshot → followers moved |
+//! | `snapshots.rs` | snapshot lookup and derived snapshots: filter, merge, pull, publish |
+//! | `derive.rs` | derived manifests: overlays and dependency closure for `--only` and pulls |
+//! | `diff.rs` | what changes between two snapshots |
+//! | `promote.rs` | promotion (whole with holds, or selected packages) |
+//! | `auto_approve.rs` | promotion of versions first seen long enough ago |
+//! | `moves.rs` | the one place a channel moves: rollback, re-signing, the audited transaction |
+//! | `publish.rs` | rendering and signing a channel's Release files |
+//! | `holds.rs` | packages kept at a channel's version |
+//! | `retention.rs` | keeping referenced packages stored |
+//! | `keys.rs` | signing key rotation |
+//! | `serve.rs` | what `/channels/…` serves, with its caches |
+//! | `routes.rs`, `api.rs` | the HTTP routes: apt repositories and the admin JSON API |
 
+mod admin_token;
 pub mod api;
+mod auto_approve;
+mod blobs;
 pub mod catalog;
+mod derive;
+mod diff;
 mod error;
+mod holds;
 pub mod index;
+mod keys;
 pub mod manifest;
+mod moves;
+mod promote;
+mod publish;
+mod registry;
+mod retention;
 pub mod routes;
+mod serve;
 mod service;
 pub mod signing;
 pub mod snapshots;
+mod sync;
 
+pub use diff::{Change, Diff, DiffSummary};
 pub use error::{ChannelsError, Result};
-pub use service::*;
+pub use moves::MoveOutcome;
+pub use promote::PromoteRequest;
+pub use serve::{PoolMap, Served};
+pub use service::{now, Actor, Channels};
+pub use sync::SyncOutcome;

@@ -7,7 +7,8 @@ use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
 use crate::index::{self, Stanza};
 use crate::manifest::*;
-use crate::service::{now, Actor, Channels, MoveOutcome};
+use crate::moves::MoveOutcome;
+use crate::service::{now, Actor, Channels};
 use aptgate_mirror::Sha256;
 use std::collections::{BTreeMap, HashMap};
 

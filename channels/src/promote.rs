@@ -1,0 +1,261 @@
+//! Promotion: moving a channel to the snapshot of the channel it promotes from, whole (with
+//! holds kept) or only selected packages with the dependencies they need.
+
+use crate::catalog::*;
+use crate::derive::*;
+use crate::error::{ChannelsError, Result};
+use crate::manifest::*;
+use crate::moves::*;
+use crate::service::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use tracing::info;
+
+/// How often a promotion is prepared again when another server instance moved the channel.
+const MOVE_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PromoteRequest {
+    pub from: String,
+    pub to: String,
+    /// Only these packages (and the dependencies the target lacks); empty = everything.
+    #[serde(default)]
+    pub only: Vec<String>,
+}
+
+impl Channels {
+    /// Promotes `req.from`'s snapshot (or only the named packages) into `req.to`.
+    ///
+    /// Promotions of one channel serialize: in this process on the channel's lock; across
+    /// server instances sharing the catalog, a promotion that finds the channel moved while it
+    /// was prepared is prepared again from the new position (a few times, then it fails).
+    pub async fn promote(&self, req: &PromoteRequest, actor: &Actor) -> Result<MoveOutcome> {
+        let mut attempt = 1;
+        loop {
+            match self.promote_once(req, actor, false).await {
+                Err(ChannelsError::Catalog(CatalogError::ChannelMoved { .. }))
+                    if attempt < MOVE_ATTEMPTS =>
+                {
+                    info!(channel = %req.to, attempt, "channel moved meanwhile; promoting again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    pub(crate) async fn promote_once(
+        &self,
+        req: &PromoteRequest,
+        actor: &Actor,
+        auto_approved: bool,
+    ) -> Result<MoveOutcome> {
+        let to_config = self.channel_config(&req.to)?;
+        let from_state = self.channel_state(&req.from).await?;
+        if let Some(allowed) = &to_config.promotes_from {
+            if allowed.as_str() != req.from {
+                return Err(ChannelsError::Refused(format!(
+                    "{} promotes from {allowed}, not from {}",
+                    req.to, req.from
+                )));
+            }
+        }
+        let from_snapshot_id = from_state
+            .snapshot_id
+            .clone()
+            .ok_or_else(|| ChannelsError::Unpublished(req.from.clone()))?;
+        // Auto-approval has its own soak: per package version, since it was first seen.
+        if !to_config.min_soak.is_zero() && !auto_approved {
+            let history = self.catalog.channel_history(&req.from, 1000).await?;
+            let since = history
+                .iter()
+                .take_while(|h| h.snapshot_id == from_snapshot_id)
+                .last()
+                .map(|h| h.at)
+                .unwrap_or(from_state.updated_at);
+            let soaked = Duration::from_secs((now() - since).max(0) as u64);
+            if soaked < to_config.min_soak {
+                return Err(ChannelsError::Refused(format!(
+                    "snapshot {from_snapshot_id} has been in {} for {}; {} requires {} \
+                     (min_soak)\nhint: wait, or lower min_soak for {} in the configuration",
+                    req.from,
+                    aptgate_config::humantime_secs::format_duration(soaked),
+                    req.to,
+                    aptgate_config::humantime_secs::format_duration(to_config.min_soak),
+                    req.to
+                )));
+            }
+        }
+        if !req.only.is_empty() && !to_config.selective {
+            return Err(ChannelsError::Refused(format!(
+                "{} does not allow selective promotion (selective = false)",
+                req.to
+            )));
+        }
+        let lock = self.lock(&req.to);
+        let _guard = lock.lock().await;
+        let to_state = self.channel_state(&req.to).await?;
+        let source_snapshot = self.snapshot(&from_snapshot_id).await?;
+        let source_manifest = self.manifest(&source_snapshot).await?;
+        let holds = self.catalog.holds(&req.to).await?;
+        let current = match &to_state.snapshot_id {
+            Some(id) => Some(self.snapshot(id).await?),
+            None => None,
+        };
+        let current_manifest = match &current {
+            Some(s) => Some(self.manifest(s).await?),
+            None => None,
+        };
+
+        let (snapshot, manifest) = if req.only.is_empty() {
+            self.with_holds(
+                &req.to,
+                &holds,
+                current_manifest.as_ref(),
+                source_snapshot,
+                source_manifest,
+            )
+            .await?
+        } else {
+            let Some(cur) = &current_manifest else {
+                return Err(ChannelsError::Refused(format!(
+                    "{} has nothing published yet; promote a whole snapshot first",
+                    req.to
+                )));
+            };
+            if let Some(h) = holds.iter().find(|h| req.only.contains(&h.package)) {
+                return Err(ChannelsError::Refused(format!(
+                    "{} is held in {}\nhint: `aptgate unhold {} {}` first",
+                    h.package, req.to, req.to, h.package
+                )));
+            }
+            let (take, found) = self.pull_set(cur, &source_manifest, &req.only).await?;
+            let missing: Vec<_> = req.only.iter().filter(|n| !found.contains(*n)).collect();
+            if !missing.is_empty() {
+                return Err(ChannelsError::Refused(format!(
+                    "not in {}'s snapshot {}: {}",
+                    req.from,
+                    source_snapshot.id,
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let base = current.clone().expect("published, checked above");
+            let derived = self.overlay(cur, &source_manifest, &take).await?;
+            self.derived_snapshot(
+                &base,
+                derived,
+                &req.to,
+                format!(
+                    "{} plus {} from {} ({})",
+                    base.id,
+                    req.only.join(", "),
+                    req.from,
+                    source_snapshot.id
+                ),
+            )
+            .await?
+        };
+        self.move_locked(
+            &req.to,
+            to_state,
+            snapshot,
+            manifest,
+            ChannelAction::Promote,
+            AuditAction::Promote,
+            actor,
+        )
+        .await
+    }
+
+    /// A whole snapshot as `channel` will publish it: held packages keep the channel's
+    /// current version (a derived snapshot), or the snapshot itself when nothing is held.
+    pub(crate) async fn with_holds(
+        &self,
+        channel: &str,
+        holds: &[Hold],
+        current: Option<&Manifest>,
+        snapshot: Snapshot,
+        manifest: Manifest,
+    ) -> Result<(Snapshot, Manifest)> {
+        let held: HashSet<String> = holds.iter().map(|h| h.package.clone()).collect();
+        let Some(current) = current.filter(|_| !held.is_empty()) else {
+            return Ok((snapshot, manifest));
+        };
+        let take = every_index(&manifest, &held);
+        let derived = self.overlay(&manifest, current, &take).await?;
+        let names: Vec<&str> = holds.iter().map(|h| h.package.as_str()).collect();
+        self.derived_snapshot(
+            &snapshot,
+            derived,
+            channel,
+            format!(
+                "{} with held packages kept from {channel}: {}",
+                snapshot.id,
+                names.join(", ")
+            ),
+        )
+        .await
+    }
+
+    /// Moves `channel` to a whole snapshot (holds applied) under its lock.
+    pub(crate) async fn move_to_snapshot(
+        &self,
+        channel: &str,
+        snapshot: Snapshot,
+        actor: &Actor,
+    ) -> Result<MoveOutcome> {
+        let lock = self.lock(channel);
+        let _guard = lock.lock().await;
+        let state = self.channel_state(channel).await?;
+        let current = match &state.snapshot_id {
+            Some(id) => Some(self.manifest(&self.snapshot(id).await?).await?),
+            None => None,
+        };
+        let holds = self.catalog.holds(channel).await?;
+        let manifest = self.manifest(&snapshot).await?;
+        let (snapshot, manifest) = self
+            .with_holds(channel, &holds, current.as_ref(), snapshot, manifest)
+            .await?;
+        self.move_locked(
+            channel,
+            state,
+            snapshot,
+            manifest,
+            ChannelAction::Promote,
+            AuditAction::Promote,
+            actor,
+        )
+        .await
+    }
+
+    /// The snapshot for a derived manifest: `base` itself when nothing changed.
+    pub(crate) async fn derived_snapshot(
+        &self,
+        base: &Snapshot,
+        manifest: Manifest,
+        channel: &str,
+        description: String,
+    ) -> Result<(Snapshot, Manifest)> {
+        let digest = self.put_json(&manifest).await?;
+        if digest.to_hex() == base.manifest_sha256 {
+            return Ok((base.clone(), manifest));
+        }
+        let mut tx = self.catalog.begin().await?;
+        let snapshot = self
+            .record_snapshot(
+                &mut tx,
+                channel,
+                SnapshotKind::Pull,
+                description,
+                digest,
+                base.sources.clone(),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok((snapshot, manifest))
+    }
+}

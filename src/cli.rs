@@ -1,0 +1,10 @@
+//! The CLI's commands, one module per domain.
+
+pub mod admin_client;
+pub mod audit;
+pub mod channels;
+pub mod keys;
+pub mod serve;
+pub mod snapshots;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,116 @@
+//! The server's admin JSON API as the CLI talks to it: the server URL, the bearer token and the
+//! acting user's name (recorded in the audit log).
+
+use anyhow::Context;
+use aptgate_config::Config;
+
+/// The server's admin API, as the CLI talks to it.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    actor: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(
+        config: &Config,
+        server: Option<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let base = server.unwrap_or_else(|| {
+            // A server listening on every address is reached on loopback.
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        });
+        let token = match token {
+            Some(t) => t,
+            None => {
+                let path = aptgate_channels::api::token_path(&config.data_dir);
+                fs_err::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| {
+                        format!(
+                            "cannot read the admin token\nhint: run as the user that runs \
+                             `aptgate serve` (the token is in {}), or pass --token / APTGATE_TOKEN",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        let actor = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "cli".into());
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            actor,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .header("x-aptgate-actor", &self.actor);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the aptgate server at {}\nhint: start it with `aptgate serve`, \
+                 or point --server at it",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .context("reading the server's answer")?;
+        if !status.is_success() {
+            let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            anyhow::bail!(
+                "{} ({})",
+                error["message"].as_str().unwrap_or(&text),
+                error["code"].as_str().unwrap_or(status.as_str())
+            );
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+/// A path segment, percent-encoded.
+pub fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM:SSZ`.
+pub fn date(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}

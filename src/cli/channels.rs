@@ -1,0 +1,265 @@
+//! Channel commands: `channel …`, `promote`, `publish`, `auto-approve`, `hold`, `unhold` and
+//! `rollback`.
+
+use super::admin_client::{date, encode, AdminClient};
+use aptgate_channels::catalog::{ChannelState, HistoryEntry};
+use aptgate_channels::MoveOutcome;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ChannelCommand {
+    /// Every channel and where it points.
+    List,
+    /// Create a channel (the same rules as a [[channels]] entry in the configuration).
+    Create {
+        name: String,
+        /// Follow a source: every sync that snapshots it moves this channel.
+        #[arg(long)]
+        follows: Option<String>,
+        /// The channel promotions come from.
+        #[arg(long)]
+        promotes_from: Option<String>,
+        /// How long a snapshot must have been in promotes_from (`72h`).
+        #[arg(long)]
+        min_soak: Option<String>,
+        /// Promote versions first seen at least this long ago on their own (`7d`).
+        #[arg(long)]
+        auto_approve_after: Option<String>,
+        /// Refuse `promote --only`.
+        #[arg(long)]
+        no_selective: bool,
+        /// Suites to publish (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        suites: Vec<String>,
+    },
+    /// A channel's moves, newest first.
+    History {
+        channel: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+/// The commands that move a channel or change its holds.
+#[derive(Subcommand)]
+pub enum MoveCommand {
+    /// Move a channel to the snapshot of the channel it promotes from.
+    Promote {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Only these packages (comma-separated), with the dependencies the target lacks.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Why: recorded in the audit log.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Point an entry channel (one without promotes_from) at a snapshot.
+    Publish {
+        snapshot: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Apply a channel's auto-approval rule now (serve does after each scheduled sync).
+    AutoApprove { channel: String },
+    /// Keep a channel's current version of a package across promotions.
+    Hold {
+        channel: String,
+        package: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Release a hold.
+    Unhold {
+        channel: String,
+        package: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Move a channel back to an earlier snapshot of its history.
+    Rollback {
+        channel: String,
+        /// The snapshot (default: the one before the current).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+pub async fn run(api: &AdminClient, command: ChannelCommand) -> anyhow::Result<()> {
+    match command {
+        ChannelCommand::Create {
+            name,
+            follows,
+            promotes_from,
+            min_soak,
+            auto_approve_after,
+            no_selective,
+            suites,
+        } => {
+            let mut body = serde_json::json!({
+                "name": name, "suites": suites, "selective": !no_selective,
+            });
+            for (key, value) in [
+                ("follows", follows),
+                ("promotes_from", promotes_from),
+                ("min_soak", min_soak),
+                ("auto_approve_after", auto_approve_after),
+            ] {
+                if let Some(v) = value {
+                    body[key] = v.into();
+                }
+            }
+            let _: serde_json::Value = api.post("channels", body).await?;
+            println!("created channel {name}");
+        }
+        ChannelCommand::List => {
+            let list: Vec<ChannelState> = api.get("channels").await?;
+            println!("{:<20} {:<40} {:>4} UPDATED", "CHANNEL", "SNAPSHOT", "GEN");
+            for c in list {
+                println!(
+                    "{:<20} {:<40} {:>4} {}",
+                    c.name,
+                    c.snapshot_id.as_deref().unwrap_or("(unpublished)"),
+                    c.generation,
+                    date(c.updated_at)
+                );
+            }
+        }
+        ChannelCommand::History { channel, limit } => {
+            let history: Vec<HistoryEntry> = api
+                .get(&format!(
+                    "channels/{}/history?limit={limit}",
+                    encode(&channel)
+                ))
+                .await?;
+            println!(
+                "{:>4} {:<20} {:<9} {:<40} {:<12} COMMENT",
+                "GEN", "AT", "ACTION", "SNAPSHOT", "ACTOR"
+            );
+            for h in history {
+                println!(
+                    "{:>4} {:<20} {:<9} {:<40} {:<12} {}",
+                    h.generation,
+                    date(h.at),
+                    h.action.as_str(),
+                    h.snapshot_id,
+                    h.actor,
+                    h.comment.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_move(api: &AdminClient, command: MoveCommand) -> anyhow::Result<()> {
+    match command {
+        MoveCommand::Promote {
+            from,
+            to,
+            only,
+            comment,
+        } => {
+            let outcome: MoveOutcome = api
+                .post(
+                    "promote",
+                    serde_json::json!({"from": from, "to": to, "only": only, "comment": comment}),
+                )
+                .await?;
+            print_move(&outcome);
+        }
+        MoveCommand::Publish {
+            snapshot,
+            to,
+            comment,
+        } => {
+            let outcome: MoveOutcome = api
+                .post(
+                    &format!("channels/{}/publish", encode(&to)),
+                    serde_json::json!({"snapshot": snapshot, "comment": comment}),
+                )
+                .await?;
+            print_move(&outcome);
+        }
+        MoveCommand::AutoApprove { channel } => {
+            let outcome: Option<MoveOutcome> = api
+                .post(
+                    &format!("channels/{}/auto-approve", encode(&channel)),
+                    serde_json::json!({}),
+                )
+                .await?;
+            match outcome {
+                Some(m) => print_move(&m),
+                None => println!("{channel}: nothing old enough to auto-approve"),
+            }
+        }
+        MoveCommand::Hold {
+            channel,
+            package,
+            comment,
+        } => {
+            let changed: serde_json::Value = api
+                .post(
+                    &format!("channels/{}/holds", encode(&channel)),
+                    serde_json::json!({"package": package, "comment": comment}),
+                )
+                .await?;
+            if changed["changed"] == true {
+                println!("{package} is now held in {channel}");
+            } else {
+                println!("{package} was already held in {channel}");
+            }
+        }
+        MoveCommand::Unhold {
+            channel,
+            package,
+            comment,
+        } => {
+            let mut path = format!("channels/{}/holds/{}", encode(&channel), encode(&package));
+            if let Some(c) = comment {
+                path.push_str(&format!("?comment={}", encode(&c)));
+            }
+            let changed: serde_json::Value = api.call(reqwest::Method::DELETE, &path, None).await?;
+            if changed["changed"] == true {
+                println!("{package} is no longer held in {channel}");
+            } else {
+                println!("{package} was not held in {channel}");
+            }
+        }
+        MoveCommand::Rollback {
+            channel,
+            to,
+            comment,
+        } => {
+            let outcome: MoveOutcome = api
+                .post(
+                    &format!("channels/{}/rollback", encode(&channel)),
+                    serde_json::json!({"to": to, "comment": comment}),
+                )
+                .await?;
+            print_move(&outcome);
+        }
+    }
+    Ok(())
+}
+
+fn print_move(m: &MoveOutcome) {
+    println!(
+        "{}: {} -> {} (generation {}): {} added, {} removed, {} upgraded, {} downgraded; {} packages fetched",
+        m.channel,
+        m.from_snapshot.as_deref().unwrap_or("(unpublished)"),
+        m.to_snapshot,
+        m.generation,
+        m.diff.added,
+        m.diff.removed,
+        m.diff.upgraded,
+        m.diff.downgraded,
+        m.fetched
+    );
+}
