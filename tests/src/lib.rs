@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod apt;
+pub mod channels;
 pub mod db;
 pub mod fixture;
 pub mod process;
