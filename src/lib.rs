@@ -55,7 +55,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> String {
-    state.mirror.metrics().render()
+    let mut out = state.mirror.metrics().render();
+    out.push_str(&state.channels.metrics().render());
+    out
 }
 
 /// The configured sources, or — when none are configured — the host's own apt sources.

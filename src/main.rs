@@ -73,6 +73,13 @@ enum Command {
     },
     /// Query the audit log (newest first).
     Audit(cli::audit::AuditArgs),
+    /// Delete snapshots past retention and blobs nothing references (older than the grace
+    /// period); prints what it frees.
+    Gc {
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,7 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", loaded.render());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Store { command } => cli::store::run(&loaded.config, command),
+        Command::Store {
+            command: cli::store::StoreCommand::Verify,
+        } => cli::store::run_local(&loaded.config),
         Command::Serve => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(cli::serve::serve(loaded.config))?;
@@ -169,11 +178,19 @@ async fn admin(
     match command {
         Command::Sync { source } => cli::sync::run(&api, source).await?,
         Command::Snapshot { command } => cli::snapshots::run(&api, command).await?,
-        Command::Channel { command } => cli::channels::run(&api, command).await?,
+        Command::Channel { command } => return cli::channels::run(&api, command).await,
         Command::Move(command) => cli::channels::run_move(&api, command).await?,
         Command::Key { command } => cli::keys::run(&api, command).await?,
         Command::Audit(args) => cli::audit::run(&api, args).await?,
-        Command::Serve | Command::Config { .. } | Command::Store { .. } => {
+        Command::Gc { dry_run } => cli::store::gc(&api, dry_run).await?,
+        Command::Store {
+            command: cli::store::StoreCommand::Usage { json },
+        } => cli::store::usage(&api, json).await?,
+        Command::Serve
+        | Command::Config { .. }
+        | Command::Store {
+            command: cli::store::StoreCommand::Verify,
+        } => {
             unreachable!("handled in run")
         }
     }

@@ -42,6 +42,7 @@ impl From<ChannelsError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             "refused" | "unpublished" | "conflict" => StatusCode::CONFLICT,
+            "snapshot_deleted" => StatusCode::GONE,
             "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
             "bad_index" | "bad_key" => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -97,6 +98,9 @@ where
         .route("/api/v1/keys", get(keys).post(add_key))
         .route("/api/v1/keys/{fingerprint}/retire", post(retire_key))
         .route("/api/v1/channels/{channel}/resign", post(resign))
+        .route("/api/v1/channels/{channel}/verify", get(verify))
+        .route("/api/v1/gc", post(gc))
+        .route("/api/v1/store/usage", get(store_usage))
 }
 
 /// Checks the bearer token and returns who acts.
@@ -513,6 +517,37 @@ async fn resign(
     to_json(&channels.resign(&channel, &actor).await?)
 }
 
+async fn verify(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.verify_channel(&channel).await?)
+}
+
+#[derive(Deserialize, Default)]
+struct GcBody {
+    #[serde(default)]
+    dry_run: bool,
+    comment: Option<String>,
+}
+
+async fn gc(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    body: Option<Json<GcBody>>,
+) -> ApiResult {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let actor = authorize(&channels, &headers, body.comment)?;
+    to_json(&channels.gc(body.dry_run, &actor).await?)
+}
+
+async fn store_usage(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
+    authorize(&channels, &headers, None)?;
+    to_json(&channels.store_usage().await?)
+}
+
 async fn openapi() -> Json<Value> {
     Json(openapi_document())
 }
@@ -536,7 +571,7 @@ pub fn openapi_document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
+                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, snapshot_deleted, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
                 "message": {"type": "string"}}}}
         },
         "paths": {
@@ -568,7 +603,10 @@ pub fn openapi_document() -> Value {
                 "post": op("Add a signing key: both sign until the old one is retired; channels re-signed")
             },
             "/api/v1/keys/{fingerprint}/retire": {"post": op("Retire a key (not the last); channels re-signed")},
-            "/api/v1/channels/{channel}/resign": {"post": op("Sign a channel's Release again (same indices)")}
+            "/api/v1/channels/{channel}/resign": {"post": op("Sign a channel's Release again (same indices)")},
+            "/api/v1/channels/{channel}/verify": {"get": op("Where each package of the channel is: stored, only upstream, only at a fallback origin, or nowhere (HEAD requests)")},
+            "/api/v1/gc": {"post": op("Garbage collection: delete snapshots past retention and unreferenced blobs older than the grace period ({\"dry_run\"?: bool})")},
+            "/api/v1/store/usage": {"get": op("Store contents by kind: packages, indices, metadata, unreferenced")}
         }
     })
 }

@@ -16,7 +16,7 @@ impl Channels {
 
     /// [`auto_approve`](Self::auto_approve) as if the time were `at` (unix seconds).
     pub async fn auto_approve_at(&self, channel: &str, at: i64) -> Result<Option<MoveOutcome>> {
-        let config = self.channel_config(channel)?;
+        let config = self.channel_config(channel).await?;
         let (Some(from), false) = (&config.promotes_from, config.auto_approve_after.is_zero())
         else {
             return Err(ChannelsError::Refused(format!(
@@ -75,7 +75,7 @@ impl Channels {
     /// Runs every channel's auto-approval rule (what `serve` does after each scheduled sync).
     pub async fn auto_approve_all(&self) -> Vec<(String, Result<Option<MoveOutcome>>)> {
         let mut out = Vec::new();
-        for c in self.channel_configs() {
+        for c in self.channel_configs().await {
             if c.promotes_from.is_some() && !c.auto_approve_after.is_zero() {
                 let name = c.name.to_string();
                 let result = self.auto_approve(&name).await;

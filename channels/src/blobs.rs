@@ -4,6 +4,7 @@ use crate::error::{ChannelsError, Result};
 use crate::index;
 use crate::manifest::*;
 use crate::service::*;
+use crate::table::PackageTable;
 use aptgate_mirror::{Expected, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,7 +65,49 @@ impl Channels {
         Ok(text)
     }
 
-    /// Stores a rendered index and its compressed forms.
+    /// The package table of an index: from the cache, the stored table, or (for manifests
+    /// older than tables) built from the index text.
+    pub(crate) async fn table(&self, files: &IndexFiles) -> Result<Arc<PackageTable>> {
+        if let Some(table) = self.tables.get(&files.plain.sha256) {
+            return Ok(table);
+        }
+        let table = match &files.table {
+            Some(blob) => {
+                let corrupt = |reason: String| ChannelsError::CorruptBlob {
+                    what: "package table",
+                    digest: blob.sha256.to_hex(),
+                    reason,
+                };
+                let bytes = self
+                    .store()
+                    .read(&blob.sha256)
+                    .await
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let text = String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
+                PackageTable::parse(text).map_err(|e| corrupt(e.to_string()))?
+            }
+            None => {
+                let text = self.text(&mut Texts::new(), &files.plain).await?;
+                let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
+                    what: format!("index {}", files.plain.sha256),
+                    source,
+                })?;
+                PackageTable::from_stanzas(&stanzas)
+            }
+        };
+        let table = Arc::new(table);
+        self.tables.insert(files.plain.sha256, table.clone());
+        Ok(table)
+    }
+
+    /// Stores the table of the index `plain` and keeps it in the cache.
+    pub(crate) async fn put_table(&self, plain: &BlobRef, table: PackageTable) -> Result<BlobRef> {
+        let blob = self.put_blob(table.text().as_bytes()).await?;
+        self.tables.insert(plain.sha256, Arc::new(table));
+        Ok(blob)
+    }
+
+    /// Stores a rendered index, its compressed forms and its package table.
     pub(crate) async fn index_files(&self, text: String, packages: u64) -> Result<IndexFiles> {
         let (xz, gz) = tokio::task::spawn_blocking({
             let text = text.clone();
@@ -76,9 +119,18 @@ impl Channels {
             what: "compressing an index".into(),
             source,
         };
+        let table = {
+            let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
+                what: "rendered index".into(),
+                source,
+            })?;
+            PackageTable::from_stanzas(&stanzas)
+        };
+        let plain = self.put_blob(text.as_bytes()).await?;
         Ok(IndexFiles {
             packages,
-            plain: self.put_blob(text.as_bytes()).await?,
+            table: Some(self.put_table(&plain, table).await?),
+            plain,
             xz: Some(self.put_blob(&xz.map_err(io)?).await?),
             gz: Some(self.put_blob(&gz.map_err(io)?).await?),
         })

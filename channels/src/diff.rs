@@ -1,11 +1,13 @@
 //! What changes between two snapshots, in dpkg's version ordering.
 
-use crate::blobs::*;
-use crate::error::{ChannelsError, Result};
+use crate::error::Result;
 use crate::index;
 use crate::manifest::*;
 use crate::service::*;
-use std::collections::BTreeMap;
+use crate::table::{PackageTable, Row};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiffSummary {
@@ -45,67 +47,73 @@ impl Diff {
 }
 
 impl Channels {
-    /// (suite, name, arch) → highest version, for the indices of `manifest`.
-    pub(crate) async fn versions(
-        &self,
-        manifest: &Manifest,
-        texts: &mut Texts,
-    ) -> Result<BTreeMap<(String, String, String), String>> {
-        let mut out: BTreeMap<(String, String, String), String> = BTreeMap::new();
-        for (suite, sm) in &manifest.suites {
-            for (key, files) in &sm.indices {
-                let text = self.text(texts, &files.plain).await?;
-                let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
-                    what: format!("{suite} {key}"),
-                    source,
-                })?;
-                for s in stanzas {
-                    let k = (suite.clone(), s.name.to_owned(), s.architecture.to_owned());
-                    match out.get(&k) {
-                        Some(v) if index::compare_versions(v, s.version).is_ge() => {}
-                        _ => {
-                            out.insert(k, s.version.to_owned());
-                        }
-                    }
+    /// What changes between two manifests, in dpkg's version ordering: per suite, each
+    /// package name and architecture at its highest version across the suite's indices.
+    /// Only indices whose digests differ are compared — a merge walk of their sorted package
+    /// tables — and the suite's other indices are consulted only for the names that changed,
+    /// so moving a channel between snapshots that share most indices costs little.
+    pub async fn diff_manifests(&self, a: &Manifest, b: &Manifest) -> Result<Diff> {
+        let mut diff = Diff::default();
+        let none = BTreeMap::new();
+        let suites: BTreeSet<&String> = a.suites.keys().chain(b.suites.keys()).collect();
+        for suite in suites {
+            let ia = a.suites.get(suite).map_or(&none, |s| &s.indices);
+            let ib = b.suites.get(suite).map_or(&none, |s| &s.indices);
+            let keys: BTreeSet<&String> = ia.keys().chain(ib.keys()).collect();
+            let mut changed: BTreeSet<(String, String)> = BTreeSet::new();
+            for key in keys {
+                let (fa, fb) = (ia.get(key), ib.get(key));
+                if fa.map(|f| f.plain.sha256) == fb.map(|f| f.plain.sha256) {
+                    continue;
+                }
+                let ta = match fa {
+                    Some(f) => Some(self.table(f).await?),
+                    None => None,
+                };
+                let tb = match fb {
+                    Some(f) => Some(self.table(f).await?),
+                    None => None,
+                };
+                names_that_differ(ta.as_deref(), tb.as_deref(), &mut changed);
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let (tables_a, tables_b) = (self.tables_of(ia).await?, self.tables_of(ib).await?);
+            for (name, arch) in changed {
+                let from = highest(&tables_a, &name, &arch);
+                let to = highest(&tables_b, &name, &arch);
+                let change = Change {
+                    suite: suite.clone(),
+                    name,
+                    architecture: arch,
+                    from: from.clone(),
+                    to: to.clone(),
+                };
+                match (from, to) {
+                    (None, Some(_)) => diff.added.push(change),
+                    (Some(_), None) => diff.removed.push(change),
+                    (Some(f), Some(t)) => match index::compare_versions(&f, &t) {
+                        Ordering::Less => diff.upgraded.push(change),
+                        Ordering::Greater => diff.downgraded.push(change),
+                        Ordering::Equal => {}
+                    },
+                    (None, None) => {}
                 }
             }
         }
-        Ok(out)
+        Ok(diff)
     }
 
-    /// What changes between two manifests, with dpkg's version ordering.
-    pub async fn diff_manifests(&self, a: &Manifest, b: &Manifest) -> Result<Diff> {
-        let mut texts = Texts::new();
-        let before = self.versions(a, &mut texts).await?;
-        let after = self.versions(b, &mut texts).await?;
-        let mut diff = Diff::default();
-        let change = |(suite, name, arch): &(String, String, String),
-                      from: Option<&String>,
-                      to: Option<&String>| Change {
-            suite: suite.clone(),
-            name: name.clone(),
-            architecture: arch.clone(),
-            from: from.cloned(),
-            to: to.cloned(),
-        };
-        for (k, v) in &after {
-            match before.get(k) {
-                None => diff.added.push(change(k, None, Some(v))),
-                Some(old) => match index::compare_versions(old, v) {
-                    std::cmp::Ordering::Less => diff.upgraded.push(change(k, Some(old), Some(v))),
-                    std::cmp::Ordering::Greater => {
-                        diff.downgraded.push(change(k, Some(old), Some(v)))
-                    }
-                    std::cmp::Ordering::Equal => {}
-                },
-            }
+    async fn tables_of(
+        &self,
+        indices: &BTreeMap<String, IndexFiles>,
+    ) -> Result<Vec<Arc<PackageTable>>> {
+        let mut tables = Vec::with_capacity(indices.len());
+        for files in indices.values() {
+            tables.push(self.table(files).await?);
         }
-        for (k, v) in &before {
-            if !after.contains_key(k) {
-                diff.removed.push(change(k, Some(v), None));
-            }
-        }
-        Ok(diff)
+        Ok(tables)
     }
 
     pub async fn diff(&self, a: &str, b: &str) -> Result<Diff> {
@@ -114,4 +122,56 @@ impl Channels {
         let (ma, mb) = (self.manifest(&a).await?, self.manifest(&b).await?);
         self.diff_manifests(&ma, &mb).await
     }
+}
+
+/// Adds to `out` every (name, architecture) whose newest version differs between two tables
+/// of the same index, or that only one lists: one walk over both, in their sorted order.
+fn names_that_differ(
+    a: Option<&PackageTable>,
+    b: Option<&PackageTable>,
+    out: &mut BTreeSet<(String, String)>,
+) {
+    let mut ia = a.into_iter().flat_map(|t| t.newest()).peekable();
+    let mut ib = b.into_iter().flat_map(|t| t.newest()).peekable();
+    let key = |r: &Row<'_>| (r.name.to_owned(), r.architecture.to_owned());
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                out.insert(key(x));
+                ia.next();
+            }
+            (None, Some(y)) => {
+                out.insert(key(y));
+                ib.next();
+            }
+            (Some(x), Some(y)) => match (x.name, x.architecture).cmp(&(y.name, y.architecture)) {
+                Ordering::Less => {
+                    out.insert(key(x));
+                    ia.next();
+                }
+                Ordering::Greater => {
+                    out.insert(key(y));
+                    ib.next();
+                }
+                Ordering::Equal => {
+                    if x.version != y.version {
+                        out.insert(key(x));
+                    }
+                    ia.next();
+                    ib.next();
+                }
+            },
+        }
+    }
+}
+
+/// The highest version of a package any of the tables lists.
+fn highest(tables: &[Arc<PackageTable>], name: &str, arch: &str) -> Option<String> {
+    tables
+        .iter()
+        .flat_map(|t| t.find(name, arch))
+        .map(|r| r.version)
+        .max_by(|x, y| index::compare_versions(x, y))
+        .map(str::to_owned)
 }

@@ -9,6 +9,8 @@ pub enum ChannelsError {
     UnknownChannel { name: String, known: String },
     #[error("unknown snapshot {0:?}\nhint: `aptgate snapshot list` shows them")]
     UnknownSnapshot(String),
+    #[error("snapshot {0} was deleted by garbage collection (past retention)\nhint: `aptgate snapshot list` shows the kept ones; [retention] in the configuration decides how long they stay")]
+    SnapshotDeleted(String),
     #[error("unknown source {0:?}")]
     UnknownSource(String),
     #[error("channel {0} has not been published yet\nhint: promote a snapshot into it first")]
@@ -59,6 +61,7 @@ impl ChannelsError {
         match self {
             Self::UnknownChannel { .. } => "unknown_channel",
             Self::UnknownSnapshot(_) => "unknown_snapshot",
+            Self::SnapshotDeleted(_) => "snapshot_deleted",
             Self::UnknownSource(_) => "unknown_source",
             Self::Unpublished(_) => "unpublished",
             Self::Refused(_) => "refused",

@@ -65,7 +65,7 @@ impl Channels {
     }
 
     pub async fn holds(&self, channel: &str) -> Result<Vec<Hold>> {
-        self.channel_config(channel)?;
+        self.channel_config(channel).await?;
         Ok(self.catalog.holds(channel).await?)
     }
 }

@@ -15,12 +15,17 @@
 //! | `diff.rs` | what changes between two snapshots |
 //! | `promote.rs` | promotion (whole with holds, or selected packages) |
 //! | `auto_approve.rs` | promotion of versions first seen long enough ago |
-//! | `moves.rs` | the one place a channel moves: rollback, re-signing, the audited transaction |
+//! | `moves.rs` | the one place a channel moves (the audited transaction), rollback |
+//! | `resign.rs` | re-signing current and past publications before `Valid-Until`, after key changes |
 //! | `publish.rs` | rendering and signing a channel's Release files |
 //! | `holds.rs` | packages kept at a channel's version |
-//! | `retention.rs` | keeping referenced packages stored |
+//! | `retention.rs` | which snapshots are kept; storing packages (upstream, fallback origins) |
+//! | `rescue.rs` | storing referenced packages as they leave upstream's index |
+//! | `verify.rs` | `channel verify`: where every package of a channel is |
+//! | `gc.rs` | garbage collection and `store usage` |
 //! | `keys.rs` | signing key rotation |
 //! | `serve.rs` | what `/channels/…` serves, with its caches |
+//! | `table.rs` | package tables: each index's packages, compact and sorted |
 //! | `routes.rs`, `api.rs` | the HTTP routes: apt repositories and the admin JSON API |
 
 mod admin_token;
@@ -31,26 +36,32 @@ pub mod catalog;
 mod derive;
 mod diff;
 mod error;
+pub mod gc;
 mod holds;
 pub mod index;
 mod keys;
 pub mod manifest;
+pub mod metrics;
 mod moves;
 mod promote;
 mod publish;
 mod registry;
-mod retention;
+mod rescue;
+mod resign;
+pub mod retention;
 pub mod routes;
 mod serve;
 mod service;
 pub mod signing;
 pub mod snapshots;
 mod sync;
+pub mod table;
+pub mod verify;
 
 pub use diff::{Change, Diff, DiffSummary};
 pub use error::{ChannelsError, Result};
 pub use moves::MoveOutcome;
 pub use promote::PromoteRequest;
-pub use serve::{PoolMap, Served};
+pub use serve::Served;
 pub use service::{now, Actor, Channels};
 pub use sync::SyncOutcome;

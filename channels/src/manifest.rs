@@ -12,6 +12,8 @@
 //!
 //! `plain` is always present (the uncompressed `Packages`); `xz`/`gz` are upstream's own
 //! files when the index equals upstream's, or rendered once when a snapshot derives a new
+//! index; `table` is the index's package table (name, architecture, version, source, sha256,
+//! size, filename; `table.rs`), which diffs, retention and `pool/` lookups read instead of the
 //! index. Two snapshots with the same membership have the same manifest digest.
 //!
 //! A **publication** (format 1) is what a channel serves: the snapshot, and per suite the
@@ -34,6 +36,10 @@ pub struct IndexFiles {
     pub plain: BlobRef,
     pub xz: Option<BlobRef>,
     pub gz: Option<BlobRef>,
+    /// The package table of `plain` (see `table.rs`); manifests written before tables
+    /// existed have none, and theirs are built from the index when needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<BlobRef>,
 }
 
 impl IndexFiles {

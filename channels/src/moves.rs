@@ -8,6 +8,7 @@ use crate::error::{ChannelsError, Result};
 use crate::manifest::*;
 use crate::serve::*;
 use crate::service::*;
+use aptgate_config::Retain;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::info;
@@ -57,17 +58,20 @@ impl Channels {
             Some(id) => self.manifest(&self.snapshot(id).await?).await?,
             None => Manifest::new(),
         };
-        // Everything new to a promoted channel is stored before it moves: it keeps working
-        // when upstream deletes a version. A channel that follows its source stays on demand
-        // (the source's fetch policy decides).
-        let fetched = if matches!(action, ChannelAction::Follow | ChannelAction::Resign) {
-            0
-        } else {
-            self.fetch_missing(&current, &manifest, &|line: &str| {
-                info!(channel, "{line}");
-            })
-            .await?
-        };
+        // With `retain = "all"`, everything new to a promoted channel is stored before it
+        // moves. With `used` (the default) nothing is fetched here: packages are stored when
+        // first asked for, and a sync rescues referenced ones that leave upstream. A channel
+        // that follows its source stays on demand (the source's fetch policy decides).
+        let retain_all = self.channel_config(channel).await?.retain == Retain::All;
+        let fetched =
+            if !retain_all || matches!(action, ChannelAction::Follow | ChannelAction::Resign) {
+                0
+            } else {
+                self.fetch_missing(&current, &manifest, &|line: &str| {
+                    info!(channel, "{line}");
+                })
+                .await?
+            };
         let diff = if resign {
             DiffSummary::default()
         } else {
@@ -77,6 +81,11 @@ impl Channels {
         let publication_sha256 = self.put_json(&publication).await?;
         let at = now();
         let mut tx = self.catalog.begin().await?;
+        // Marks the snapshot used (retention) and fails if garbage collection deleted it
+        // meanwhile; the row stays locked until commit.
+        if !tx.touch_snapshot(&snapshot.id, at).await? {
+            return Err(ChannelsError::SnapshotDeleted(snapshot.id));
+        }
         let generation = tx
             .move_channel(&ChannelMove {
                 channel: channel.to_owned(),
@@ -175,63 +184,5 @@ impl Channels {
             actor,
         )
         .await
-    }
-
-    /// Signs a channel's current publication again: same snapshot, byte-identical indices,
-    /// new `Date`/`Valid-Until` and the currently active keys.
-    pub async fn resign(&self, channel: &str, actor: &Actor) -> Result<MoveOutcome> {
-        let lock = self.lock(channel);
-        let _guard = lock.lock().await;
-        let state = self.channel_state(channel).await?;
-        let id = state
-            .snapshot_id
-            .clone()
-            .ok_or_else(|| ChannelsError::Unpublished(channel.to_owned()))?;
-        let snapshot = self.snapshot(&id).await?;
-        let manifest = self.manifest(&snapshot).await?;
-        self.move_locked(
-            channel,
-            state,
-            snapshot,
-            manifest,
-            ChannelAction::Resign,
-            AuditAction::Key,
-            actor,
-        )
-        .await
-    }
-
-    /// Re-signs every published channel whose `Valid-Until` is less than half the validity
-    /// period away; returns the channels re-signed. `serve` runs this on a schedule.
-    pub async fn resign_expiring(&self) -> Result<Vec<String>> {
-        if self.publish.valid_until.is_zero() {
-            return Ok(Vec::new());
-        }
-        let half = (self.publish.valid_until.as_secs() / 2) as i64;
-        let mut resigned = Vec::new();
-        for name in &self.channel_names() {
-            let Ok(served) = self.served(name).await else {
-                continue;
-            };
-            let due = served
-                .publication
-                .valid_until
-                .is_none_or(|until| until - now() < half);
-            if due {
-                self.resign(name, &Actor::new("aptgate")).await?;
-                resigned.push(name.clone());
-            }
-        }
-        Ok(resigned)
-    }
-
-    pub(crate) async fn resign_all(&self, actor: &Actor) -> Result<()> {
-        for name in &self.channel_names() {
-            match self.resign(name, actor).await {
-                Ok(_) | Err(ChannelsError::Unpublished(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 }

@@ -50,7 +50,7 @@ impl Channels {
         actor: &Actor,
         auto_approved: bool,
     ) -> Result<MoveOutcome> {
-        let to_config = self.channel_config(&req.to)?;
+        let to_config = self.channel_config(&req.to).await?;
         let from_state = self.channel_state(&req.from).await?;
         if let Some(allowed) = &to_config.promotes_from {
             if allowed.as_str() != req.from {

@@ -16,7 +16,7 @@ impl Channels {
         snapshot: &Snapshot,
         manifest: &Manifest,
     ) -> Result<Publication> {
-        let config = self.channel_config(channel)?;
+        let config = self.channel_config(channel).await?;
         let signed_at = now();
         let valid_until = (!self.publish.valid_until.is_zero())
             .then(|| signed_at + self.publish.valid_until.as_secs() as i64);

@@ -40,7 +40,7 @@ async fn list(State(channels): State<Arc<Channels>>, request: Request) -> String
         "# aptgate channels: one apt line each (key: http://{host}/keys/{}.asc)\n",
         channels.key_name()
     );
-    for c in channels.channel_configs() {
+    for c in channels.channel_configs().await {
         let suites = match channels.served(c.name.as_str()).await {
             Ok(served) => served
                 .publication
@@ -234,17 +234,11 @@ async fn resolve(
             if mirror.store().contains(&digest) {
                 return Ok(blob(digest));
             }
-            let origin = channels.origin(&digest).await?;
-            // Not stored yet (on_demand): fetched once from the package's upstream,
-            // checked against the sha256 the snapshot recorded.
-            mirror
-                .fetch_blob(&origin, path.as_str(), digest, size)
+            // Not stored yet (retain = "used"): fetched once, verified, stored.
+            channels
+                .fetch_pool_file(path.as_str(), digest, size)
                 .await
                 .map(Some)
-                .map_err(|source| ChannelsError::Mirror {
-                    what: format!("fetching {}", path.as_str()),
-                    source,
-                })
         }
         _ => Ok(None),
     }

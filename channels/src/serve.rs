@@ -1,13 +1,10 @@
 //! What `/channels/<channel>/…` serves: the current publication (cached briefly), the
 //! publications of past snapshots, and the pool files a manifest lists.
 
-use crate::blobs::*;
 use crate::error::{ChannelsError, Result};
-use crate::index;
 use crate::manifest::*;
 use crate::service::*;
-use aptgate_mirror::Sha256;
-use std::collections::HashMap;
+use aptgate_mirror::{MirrorError, Resolved, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +19,6 @@ pub struct Served {
     pub manifest: Manifest,
     pub generation: i64,
 }
-
-/// Pool path → (sha256, size) for every package a manifest lists.
-pub type PoolMap = HashMap<String, (Sha256, u64)>;
 
 impl Channels {
     /// The channel's current publication, from a short-lived cache.
@@ -66,20 +60,29 @@ impl Channels {
         Ok(served)
     }
 
-    /// A snapshot the channel pointed at, as it was last published there.
+    /// A snapshot the channel pointed at, as it was last published (or re-signed) there.
+    /// Snapshots garbage collection deleted are gone.
     pub async fn served_snapshot(&self, channel: &str, snapshot: &str) -> Result<Arc<Served>> {
-        self.channel_config(channel)?;
+        self.channel_config(channel).await?;
+        let kept = self
+            .catalog
+            .snapshot(snapshot)
+            .await?
+            .is_some_and(|s| s.deleted_at.is_none());
+        if !kept {
+            return Err(ChannelsError::UnknownSnapshot(snapshot.to_owned()));
+        }
         let history = self.catalog.channel_history(channel, 100_000).await?;
         let entry = history
             .iter()
             .find(|h| h.snapshot_id == snapshot)
             .ok_or_else(|| ChannelsError::UnknownSnapshot(snapshot.to_owned()))?;
-        let digest = Sha256::from_hex(&entry.publication_sha256).map_err(|e| {
-            ChannelsError::CorruptBlob {
-                what: "publication",
-                digest: entry.publication_sha256.clone(),
-                reason: e.to_string(),
-            }
+        let resigned = self.catalog.snapshot_publication(channel, snapshot).await?;
+        let hex = resigned.unwrap_or_else(|| entry.publication_sha256.clone());
+        let digest = Sha256::from_hex(&hex).map_err(|e| ChannelsError::CorruptBlob {
+            what: "publication",
+            digest: hex.clone(),
+            reason: e.to_string(),
         })?;
         if let Some((_, served)) = self
             .history_served
@@ -105,12 +108,65 @@ impl Channels {
         Ok(served)
     }
 
-    /// The digest and size a channel's `pool/` path stands for, if it lists it.
+    /// The digest and size a channel's `pool/` path stands for, if it lists it: looked up in
+    /// the package tables of the manifest's indices (those of the path's component first).
     pub async fn pool_file(&self, served: &Served, path: &str) -> Result<Option<(Sha256, u64)>> {
-        let map = self
-            .pool_map(&served.publication.manifest, &served.manifest)
-            .await?;
-        Ok(map.get(path).copied())
+        let component = path.split('/').nth(1).unwrap_or_default();
+        let mut indices: Vec<(&String, &IndexFiles)> = served
+            .manifest
+            .suites
+            .values()
+            .flat_map(|s| s.indices.iter())
+            .collect();
+        // `pool/<component>/…`: that component's indices are the likely ones.
+        indices.sort_by_key(|(key, _)| !key.starts_with(&format!("{component}/")));
+        let mut seen = std::collections::HashSet::new();
+        for (_, files) in indices {
+            if !seen.insert(files.plain.sha256) {
+                continue;
+            }
+            let table = self.table(files).await?;
+            if let Some(row) = table.by_filename(path) {
+                if let Ok(digest) = Sha256::from_hex(row.sha256) {
+                    return Ok(Some((digest, row.size)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A pool file the store lacks (on demand): fetched once from the package's origin, or
+    /// from that source's fallback origins when upstream no longer has it, and checked
+    /// against the recorded sha256. The body streams as it arrives.
+    pub async fn fetch_pool_file(&self, path: &str, digest: Sha256, size: u64) -> Result<Resolved> {
+        let origin = self.origin(&digest).await?;
+        let mirror_error = |source| ChannelsError::Mirror {
+            what: format!("fetching {path}"),
+            source,
+        };
+        let upstream = match self.mirror.fetch_blob(&origin, path, digest, size).await {
+            Ok(Resolved::Streaming(flight)) => match flight.started().await {
+                Ok(()) => return Ok(Resolved::Streaming(flight)),
+                Err(failure) if failure.not_found => MirrorError::NotFound {
+                    what: path.to_owned(),
+                },
+                Err(failure) => MirrorError::Upstream {
+                    url: path.to_owned(),
+                    reason: failure.reason.to_string(),
+                },
+            },
+            Ok(resolved) => return Ok(resolved),
+            Err(e) => e,
+        };
+        for url in self.fallback_urls(&origin, &digest, path).await {
+            if let Ok(resolved) = self.mirror.fetch_blob_at(&url, digest, size).await {
+                match resolved {
+                    Resolved::Streaming(flight) if flight.started().await.is_err() => continue,
+                    resolved => return Ok(resolved),
+                }
+            }
+        }
+        Err(mirror_error(upstream))
     }
 
     /// The upstream source a package was recorded from: where it is fetched on first demand.
@@ -121,45 +177,6 @@ impl Channels {
             .await?
             .map(|p| p.package.origin)
             .unwrap_or_default())
-    }
-
-    pub(crate) async fn pool_map(
-        &self,
-        digest: &Sha256,
-        manifest: &Manifest,
-    ) -> Result<Arc<PoolMap>> {
-        if let Some((_, map)) = self
-            .pool_maps
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .find(|(d, _)| d == digest)
-        {
-            return Ok(map.clone());
-        }
-        let mut texts = Texts::new();
-        let mut map = PoolMap::new();
-        for sm in manifest.suites.values() {
-            for files in sm.indices.values() {
-                let text = self.text(&mut texts, &files.plain).await?;
-                for s in index::parse(&text).map_err(|source| ChannelsError::Index {
-                    what: "published index".into(),
-                    source,
-                })? {
-                    if let Ok(d) = Sha256::from_hex(s.sha256) {
-                        map.insert(s.filename.to_owned(), (d, s.size));
-                    }
-                }
-            }
-        }
-        let map = Arc::new(map);
-        let mut maps = self.pool_maps.lock().expect("lock poisoned");
-        // A few manifests: every channel's current one and the one before.
-        if maps.len() >= 8 {
-            maps.remove(0);
-        }
-        maps.push((*digest, map.clone()));
-        Ok(map)
     }
 
     /// Whether `digest` was an index of this channel recently enough to serve under by-hash.

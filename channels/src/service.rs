@@ -5,14 +5,16 @@
 use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
 use crate::manifest::*;
-use crate::serve::{PoolMap, Served};
+use crate::metrics::Metrics;
+use crate::serve::Served;
 use crate::signing::KeyStore;
-use aptgate_config::{ChannelConfig, Config, PublishConfig, SourceConfig};
+use crate::table::TableCache;
+use aptgate_config::{ChannelConfig, Config, PublishConfig, RetentionConfig, SourceConfig};
 use aptgate_mirror::{Mirror, Sha256, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Who asked for a change, and why: recorded in the audit log.
 #[derive(Debug, Clone)]
@@ -30,22 +32,32 @@ impl Actor {
     }
 }
 
+/// Memory for package tables: about five snapshots of a 60k-package suite.
+const TABLE_CACHE_BYTES: usize = 64 << 20;
+
 pub struct Channels {
     pub(crate) catalog: Catalog,
     pub(crate) mirror: Arc<Mirror>,
     pub(crate) keys: Mutex<KeyStore>,
     /// Configured channels, and those created through the API (kept in the catalog).
     pub(crate) channels: RwLock<BTreeMap<String, ChannelConfig>>,
+    /// The channels of the configuration (they win a name clash with the catalog's).
+    pub(crate) configured: BTreeMap<String, ChannelConfig>,
+    /// When `channels` was last read from the catalog.
+    pub(crate) channels_read_at: Mutex<Option<Instant>>,
     pub(crate) sources: Vec<SourceConfig>,
     pub(crate) admin_token: String,
     pub(crate) publish: PublishConfig,
+    pub(crate) retention: RetentionConfig,
     /// One move at a time per channel in this process; the catalog's generation check
     /// catches moves by other processes.
     pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) served: RwLock<HashMap<String, (Arc<Served>, Instant)>>,
-    pub(crate) pool_maps: Mutex<Vec<(Sha256, Arc<PoolMap>)>>,
     /// Publications of snapshots from channel histories, by publication digest.
     pub(crate) history_served: Mutex<Vec<(Sha256, Arc<Served>)>>,
+    /// Package tables of recently used indices.
+    pub(crate) tables: TableCache,
+    pub(crate) metrics: Metrics,
 }
 
 impl Channels {
@@ -97,38 +109,33 @@ impl Channels {
                 crate::admin_token::token_path(&config.data_dir).display()
             );
         }
-        let mut channels: BTreeMap<String, ChannelConfig> = config
+        let configured: BTreeMap<String, ChannelConfig> = config
             .channels
             .iter()
             .map(|c| (c.name.to_string(), c.clone()))
             .collect();
-        for state in catalog.list_channels().await? {
-            let Some(rules) = &state.rules else { continue };
-            match serde_json::from_str::<ChannelConfig>(rules) {
-                Ok(c) if !channels.contains_key(c.name.as_str()) => {
-                    channels.insert(c.name.to_string(), c);
-                }
-                Ok(c) => {
-                    warn!(channel = %c.name, "channel created through the API is also configured; the configuration wins")
-                }
-                Err(e) => {
-                    warn!(channel = %state.name, error = %e, "unreadable channel rules; channel ignored")
-                }
-            }
-        }
-        Ok(Arc::new(Self {
+        let channels = Arc::new(Self {
             catalog,
             mirror,
             keys: Mutex::new(keys),
-            channels: RwLock::new(channels),
+            channels: RwLock::new(configured.clone()),
+            configured,
+            channels_read_at: Mutex::new(None),
             sources: sources.to_vec(),
             admin_token,
             publish: config.publish.clone(),
+            retention: config.retention.clone(),
             locks: Mutex::default(),
             served: RwLock::default(),
-            pool_maps: Mutex::default(),
             history_served: Mutex::default(),
-        }))
+            tables: TableCache::new(TABLE_CACHE_BYTES),
+            metrics: Metrics::default(),
+        });
+        channels.reload_channels(true).await?;
+        Ok(channels)
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -149,14 +156,30 @@ impl Channels {
     }
 
     /// A snapshot by id or name.
+    /// A snapshot by id or name; one garbage collection deleted is an error.
     pub async fn snapshot(&self, id_or_name: &str) -> Result<Snapshot> {
-        if let Some(s) = self.catalog.snapshot(id_or_name).await? {
-            return Ok(s);
+        let found = match self.catalog.snapshot(id_or_name).await? {
+            Some(s) => s,
+            None => self
+                .catalog
+                .snapshot_by_name(id_or_name)
+                .await?
+                .ok_or_else(|| ChannelsError::UnknownSnapshot(id_or_name.to_owned()))?,
+        };
+        match found.deleted_at {
+            Some(_) => Err(ChannelsError::SnapshotDeleted(found.id)),
+            None => Ok(found),
         }
-        self.catalog
-            .snapshot_by_name(id_or_name)
-            .await?
-            .ok_or_else(|| ChannelsError::UnknownSnapshot(id_or_name.to_owned()))
+    }
+
+    /// A snapshot about to be derived from: marked used now, so retention keeps it (and its
+    /// blobs) while the new snapshot is made; refused if garbage collection deleted it.
+    pub(crate) async fn use_snapshot(&self, id_or_name: &str) -> Result<Snapshot> {
+        let snapshot = self.snapshot(id_or_name).await?;
+        if !self.catalog.touch_snapshot(&snapshot.id, now()).await? {
+            return Err(ChannelsError::SnapshotDeleted(snapshot.id));
+        }
+        Ok(snapshot)
     }
 
     pub async fn manifest(&self, snapshot: &Snapshot) -> Result<Manifest> {
@@ -198,6 +221,8 @@ impl Channels {
             description,
             manifest_sha256: manifest_sha256.to_hex(),
             sources,
+            deleted_at: None,
+            used_at: at,
         };
         tx.insert_snapshot(&snapshot).await?;
         Ok(snapshot)

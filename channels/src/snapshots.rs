@@ -147,7 +147,7 @@ impl Channels {
         name: Option<String>,
         actor: &Actor,
     ) -> Result<Snapshot> {
-        let base = self.snapshot(base).await?;
+        let base = self.use_snapshot(base).await?;
         let manifest = self.manifest(&base).await?;
         let mut texts = HashMap::new();
         let mut drafts = BTreeMap::new();
@@ -208,7 +208,7 @@ impl Channels {
         let mut snapshots = Vec::new();
         let mut manifests = Vec::new();
         for id in inputs {
-            let s = self.snapshot(id).await?;
+            let s = self.use_snapshot(id).await?;
             manifests.push(self.manifest(&s).await?);
             snapshots.push(s);
         }
@@ -288,8 +288,8 @@ impl Channels {
         name: Option<String>,
         actor: &Actor,
     ) -> Result<Snapshot> {
-        let base = self.snapshot(base).await?;
-        let source = self.snapshot(from).await?;
+        let base = self.use_snapshot(base).await?;
+        let source = self.use_snapshot(from).await?;
         let (bm, sm) = (self.manifest(&base).await?, self.manifest(&source).await?);
         let (take, found) = self.pull_set(&bm, &sm, packages).await?;
         let missing: Vec<&str> = packages
@@ -391,7 +391,7 @@ impl Channels {
         snapshot: &str,
         actor: &Actor,
     ) -> Result<MoveOutcome> {
-        let config = self.channel_config(channel)?;
+        let config = self.channel_config(channel).await?;
         if let Some(from) = &config.promotes_from {
             return Err(ChannelsError::Refused(format!(
                 "{channel} only takes promotions from {from}\nhint: publish the snapshot to \

@@ -1,13 +1,21 @@
-//! Sync: verify a source's releases and indices, record its packages, snapshot what changed
-//! and move the channels that follow the source.
+//! Sync: verify a source's releases and indices, record its packages, snapshot what changed,
+//! rescue referenced packages that left upstream, and move the channels that follow the source.
+//!
+//! An index whose upstream file is byte-identical to the one the source's last sync read is
+//! reused as it was (its blobs, its table, its packages already recorded): an incremental
+//! sync parses only what changed.
 
 use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
-use crate::index::{self, Stanza};
+use crate::index;
 use crate::manifest::*;
+use crate::retention::Leaver;
 use crate::service::*;
-use aptgate_config::FetchPolicy;
+use crate::table::PackageTable;
+use aptgate_config::{FetchPolicy, SourceConfig};
+use aptgate_mirror::Sha256;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -20,6 +28,18 @@ pub struct SyncOutcome {
     /// Channels that follow the source and moved to the new snapshot.
     pub followed_by: Vec<String>,
     pub downloaded: u64,
+    /// Referenced packages that left upstream's index, stored by this sync.
+    #[serde(default)]
+    pub rescued: u64,
+    /// Rescues that failed (retried by the next sync; `aptgate channel verify` lists them).
+    #[serde(default)]
+    pub rescue_failures: u64,
+}
+
+/// One index read from upstream: reused from the last sync, or new (with its packages).
+struct ReadIndex {
+    files: IndexFiles,
+    new: Option<Vec<NewPackage>>,
 }
 
 impl Channels {
@@ -38,93 +58,38 @@ impl Channels {
             .find(|s| s.name.as_str() == source_name)
             .ok_or_else(|| ChannelsError::UnknownSource(source_name.to_owned()))?
             .clone();
-        let mirror_err = |what: String| move |source| ChannelsError::Mirror { what, source };
+        let started = now();
+        let last_sync = self.catalog.source_sync(source_name).await?;
+        let previous = self.previous_sync(source_name, last_sync.as_ref()).await?;
+        let previous_manifest = match &previous {
+            Some(s) => Some(self.manifest(s).await?),
+            None => None,
+        };
+
         let mut manifest = Manifest::new();
         let mut packages = Vec::new();
         for suite in &source.suites {
-            let (release, stale) = self
-                .mirror
-                .sync_release(source_name, suite)
-                .await
-                .map_err(mirror_err(format!("{source_name} {suite}: release")))?;
-            if stale {
-                warn!(
-                    source = source_name,
-                    suite, "upstream unreachable; syncing the cached release"
-                );
-            }
-            let mut suite_manifest = SuiteManifest {
-                codename: release.codename.clone(),
-                components: source.components.clone(),
-                architectures: source.architectures.clone(),
-                indices: BTreeMap::new(),
-            };
-            for component in &source.components {
-                for arch in &source.architectures {
-                    let key = format!("{component}/binary-{arch}");
-                    let Some(rest) = ["Packages.xz", "Packages.gz", "Packages"]
-                        .iter()
-                        .map(|f| format!("{key}/{f}"))
-                        .find(|p| release.files.contains_key(p))
-                    else {
-                        warn!(source = source_name, suite, index = %key, "Release lists no Packages index; skipped");
-                        continue;
-                    };
-                    progress(&format!("{source_name} {suite} {rest}"));
-                    let digest = self
-                        .mirror
-                        .fetch_index(source_name, suite, &rest)
-                        .await
-                        .map_err(mirror_err(format!("{source_name} {suite} {rest}")))?;
-                    let stored =
-                        self.store()
-                            .read(&digest)
-                            .await
-                            .map_err(|source| ChannelsError::Io {
-                                what: format!("reading {rest}"),
-                                source,
-                            })?;
-                    let plain =
-                        aptgate_mirror::packages::decompress(&rest, &stored).map_err(|source| {
-                            ChannelsError::Io {
-                                what: format!("decompressing {source_name} {suite} {rest}"),
-                                source,
-                            }
-                        })?;
-                    let text =
-                        String::from_utf8(plain).map_err(|e| ChannelsError::CorruptBlob {
-                            what: "index",
-                            digest: digest.to_hex(),
-                            reason: e.to_string(),
-                        })?;
-                    let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
-                        what: format!("{source_name} {suite} {rest}"),
-                        source,
-                    })?;
-                    for s in &stanzas {
-                        packages.push(new_package(s, source_name));
-                    }
-                    let upstream = BlobRef {
-                        sha256: digest,
-                        size: stored.len() as u64,
-                    };
-                    let plain = self.put_blob(text.as_bytes()).await?;
-                    suite_manifest.indices.insert(
-                        key,
-                        IndexFiles {
-                            packages: stanzas.len() as u64,
-                            plain,
-                            xz: rest.ends_with(".xz").then_some(upstream),
-                            gz: rest.ends_with(".gz").then_some(upstream),
-                        },
-                    );
-                }
-            }
+            let suite_manifest = self
+                .sync_suite(
+                    &source,
+                    suite,
+                    previous_manifest.as_ref().and_then(|m| m.suites.get(suite)),
+                    &mut packages,
+                    progress,
+                )
+                .await?;
             manifest.suites.insert(suite.clone(), suite_manifest);
         }
         let package_count = manifest.package_count();
         let digest = self.put_json(&manifest).await?;
 
+        let leavers = match &previous_manifest {
+            Some(old) => self.leavers(old, &manifest).await?,
+            None => Vec::new(),
+        };
+        // `Architecture: all` packages appear in every architecture's index.
+        let mut seen = HashSet::new();
+        packages.retain(|p: &NewPackage| seen.insert(p.sha256.clone()));
         let mut outcome = SyncOutcome {
             source: source_name.to_owned(),
             snapshot: None,
@@ -132,24 +97,22 @@ impl Channels {
             new_packages: 0,
             followed_by: Vec::new(),
             downloaded: 0,
+            rescued: 0,
+            rescue_failures: 0,
         };
-        let latest = self
-            .catalog
-            .list_snapshots()
-            .await?
-            .into_iter()
-            .rev()
-            .find(|s| s.kind == SnapshotKind::Sync && s.sources == [source_name]);
-        // `Architecture: all` packages appear in every architecture's index.
-        let mut seen = HashSet::new();
-        packages.retain(|p| seen.insert(p.sha256.clone()));
         let mut tx = self.catalog.begin().await?;
-        outcome.new_packages = tx.upsert_packages(&packages, now()).await?;
-        let snapshot = if latest
+        outcome.new_packages = tx.upsert_packages(&packages, started).await?;
+        drop(packages);
+        if !leavers.is_empty() {
+            // They were listed by the last sync; anything before it would be a guess.
+            let last_seen = last_sync.as_ref().map_or(started, |s| s.synced_at);
+            let digests: Vec<String> = leavers.iter().map(|l| l.sha256.to_hex()).collect();
+            tx.mark_packages_gone(&digests, last_seen).await?;
+        }
+        let unchanged = previous
             .as_ref()
-            .is_some_and(|s| s.manifest_sha256 == digest.to_hex())
-        {
-            tx.commit().await?;
+            .is_some_and(|s| s.manifest_sha256 == digest.to_hex());
+        let snapshot = if unchanged {
             info!(source = source_name, "upstream unchanged; no new snapshot");
             None
         } else {
@@ -168,19 +131,32 @@ impl Channels {
                 actor: actor.name.clone(),
                 action: AuditAction::Sync,
                 channel: None,
-                from_snapshot: latest.as_ref().map(|s| s.id.clone()),
+                from_snapshot: previous.as_ref().map(|s| s.id.clone()),
                 to_snapshot: Some(snapshot.id.clone()),
                 comment: actor.comment.clone(),
                 summary: Some(format!(
-                    "{{\"packages\":{package_count},\"new_packages\":{}}}",
-                    outcome.new_packages
+                    "{{\"packages\":{package_count},\"new_packages\":{},\"left_upstream\":{}}}",
+                    outcome.new_packages,
+                    leavers.len()
                 )),
             })
             .await?;
-            tx.commit().await?;
             info!(source = source_name, snapshot = %snapshot.id, packages = package_count, "new snapshot");
             Some(snapshot)
         };
+        let current = snapshot
+            .as_ref()
+            .or(previous.as_ref())
+            .map(|s| s.id.as_str());
+        tx.record_source_sync(source_name, started, current).await?;
+        tx.commit().await?;
+
+        // Packages leaving upstream while referenced are stored now, while upstream's pool
+        // still has them; earlier failures are tried again.
+        let rescue = self.rescue(source_name, leavers, progress).await?;
+        outcome.rescued = rescue.rescued;
+        outcome.rescue_failures = rescue.failed;
+
         if source.policy == FetchPolicy::Immediate {
             // Resumable: what an interrupted sync stored is skipped.
             outcome.downloaded = self
@@ -191,6 +167,7 @@ impl Channels {
             outcome.snapshot = Some(snapshot.id.clone());
             let followers: Vec<String> = self
                 .channel_configs()
+                .await
                 .into_iter()
                 .filter(|c| {
                     c.follows
@@ -218,9 +195,219 @@ impl Channels {
         }
         Ok(outcome)
     }
+
+    /// The snapshot the source's last sync created or found unchanged.
+    async fn previous_sync(
+        &self,
+        source_name: &str,
+        last_sync: Option<&SourceSync>,
+    ) -> Result<Option<Snapshot>> {
+        if let Some(id) = last_sync.and_then(|s| s.snapshot_id.as_deref()) {
+            if let Some(s) = self.catalog.snapshot(id).await? {
+                if s.deleted_at.is_none() {
+                    return Ok(Some(s));
+                }
+            }
+        }
+        Ok(self
+            .catalog
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|s| s.kind == SnapshotKind::Sync && s.sources == [source_name]))
+    }
+
+    /// One suite of a source: its verified release and every configured index.
+    async fn sync_suite(
+        &self,
+        source: &SourceConfig,
+        suite: &str,
+        previous: Option<&SuiteManifest>,
+        packages: &mut Vec<NewPackage>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<SuiteManifest> {
+        let source_name = source.name.as_str();
+        let mirror_err = |what: String| move |source| ChannelsError::Mirror { what, source };
+        let (release, stale) = self
+            .mirror
+            .sync_release(source_name, suite)
+            .await
+            .map_err(mirror_err(format!("{source_name} {suite}: release")))?;
+        if stale {
+            warn!(
+                source = source_name,
+                suite, "upstream unreachable; syncing the cached release"
+            );
+        }
+        let mut suite_manifest = SuiteManifest {
+            codename: release.codename.clone(),
+            components: source.components.clone(),
+            architectures: source.architectures.clone(),
+            indices: BTreeMap::new(),
+        };
+        for component in &source.components {
+            for arch in &source.architectures {
+                let key = format!("{component}/binary-{arch}");
+                let Some(rest) = ["Packages.xz", "Packages.gz", "Packages"]
+                    .iter()
+                    .map(|f| format!("{key}/{f}"))
+                    .find(|p| release.files.contains_key(p))
+                else {
+                    warn!(source = source_name, suite, index = %key, "Release lists no Packages index; skipped");
+                    continue;
+                };
+                progress(&format!("{source_name} {suite} {rest}"));
+                let digest = self
+                    .mirror
+                    .fetch_index(source_name, suite, &rest)
+                    .await
+                    .map_err(mirror_err(format!("{source_name} {suite} {rest}")))?;
+                let before = previous.and_then(|p| p.indices.get(&key));
+                let read = self
+                    .read_index(source_name, suite, &rest, digest, before)
+                    .await?;
+                if let Some(new) = read.new {
+                    packages.extend(new);
+                }
+                suite_manifest.indices.insert(key, read.files);
+            }
+        }
+        Ok(suite_manifest)
+    }
+
+    /// Reads an upstream index (stored as `digest`): the last sync's files if it read the
+    /// same bytes, else decompressed, parsed, its packages and table made.
+    async fn read_index(
+        &self,
+        source_name: &str,
+        suite: &str,
+        rest: &str,
+        digest: Sha256,
+        before: Option<&IndexFiles>,
+    ) -> Result<ReadIndex> {
+        let upstream_file = if rest.ends_with(".xz") {
+            before.and_then(|f| f.xz)
+        } else if rest.ends_with(".gz") {
+            before.and_then(|f| f.gz)
+        } else {
+            before.map(|f| f.plain)
+        };
+        // Garbage collection spares blobs referenced within its grace period: upstream's file
+        // may be an old blob come back.
+        let _ = self.store().touch(&digest);
+        if let (Some(files), Some(file)) = (before, upstream_file) {
+            if file.sha256 == digest {
+                return Ok(ReadIndex {
+                    files: files.clone(),
+                    new: None,
+                });
+            }
+        }
+        let stored = self
+            .store()
+            .read(&digest)
+            .await
+            .map_err(|source| ChannelsError::Io {
+                what: format!("reading {rest}"),
+                source,
+            })?;
+        let upstream = BlobRef {
+            sha256: digest,
+            size: stored.len() as u64,
+        };
+        let what = format!("{source_name} {suite} {rest}");
+        let origin = source_name.to_owned();
+        let name = rest.to_owned();
+        // Decompressing and parsing a large suite takes a while: off the async workers.
+        let parsed = tokio::task::spawn_blocking(move || -> Result<_> {
+            let plain = aptgate_mirror::packages::decompress(&name, &stored).map_err(|source| {
+                ChannelsError::Io {
+                    what: format!("decompressing {what}"),
+                    source,
+                }
+            })?;
+            let text = String::from_utf8(plain).map_err(|e| ChannelsError::CorruptBlob {
+                what: "index",
+                digest: digest.to_hex(),
+                reason: e.to_string(),
+            })?;
+            let stanzas =
+                index::parse(&text).map_err(|source| ChannelsError::Index { what, source })?;
+            let packages: Vec<NewPackage> =
+                stanzas.iter().map(|s| new_package(s, &origin)).collect();
+            let table = PackageTable::from_stanzas(&stanzas);
+            drop(stanzas);
+            Ok((text, packages, table))
+        })
+        .await
+        .expect("index parsing does not panic")?;
+        let (text, packages, table) = parsed;
+        let plain = self.put_blob(text.as_bytes()).await?;
+        let files = IndexFiles {
+            packages: packages.len() as u64,
+            plain,
+            xz: rest.ends_with(".xz").then_some(upstream),
+            gz: rest.ends_with(".gz").then_some(upstream),
+            table: Some(self.put_table(&plain, table).await?),
+        };
+        Ok(ReadIndex {
+            files,
+            new: Some(packages),
+        })
+    }
+
+    /// Packages the last sync's manifest listed and `new` does not: they left upstream's
+    /// index (upstream's pool keeps them a while).
+    async fn leavers(&self, old: &Manifest, new: &Manifest) -> Result<Vec<Leaver>> {
+        let same = |suite: &str, key: &str, files: &IndexFiles| {
+            new.suites
+                .get(suite)
+                .and_then(|s| s.indices.get(key))
+                .is_some_and(|f| f.plain.sha256 == files.plain.sha256)
+        };
+        let mut gone: BTreeMap<Sha256, Leaver> = BTreeMap::new();
+        for (suite, sm) in &old.suites {
+            for (key, files) in &sm.indices {
+                if same(suite, key, files) {
+                    continue;
+                }
+                let table = self.table(files).await?;
+                for row in table.rows() {
+                    if let Ok(sha256) = Sha256::from_hex(row.sha256) {
+                        gone.entry(sha256).or_insert_with(|| Leaver {
+                            sha256,
+                            filename: row.filename.to_owned(),
+                            size: row.size,
+                        });
+                    }
+                }
+            }
+        }
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tables: Vec<Arc<PackageTable>> = {
+            let mut tables = Vec::new();
+            for sm in new.suites.values() {
+                for files in sm.indices.values() {
+                    tables.push(self.table(files).await?);
+                }
+            }
+            tables
+        };
+        for table in &tables {
+            for row in table.rows() {
+                if let Ok(sha256) = Sha256::from_hex(row.sha256) {
+                    gone.remove(&sha256);
+                }
+            }
+        }
+        Ok(gone.into_values().collect())
+    }
 }
 
-pub(crate) fn new_package(s: &Stanza, origin: &str) -> NewPackage {
+pub(crate) fn new_package(s: &index::Stanza, origin: &str) -> NewPackage {
     NewPackage {
         sha256: s.sha256.to_ascii_lowercase(),
         name: s.name.to_owned(),

@@ -297,6 +297,7 @@ fn merge_entry(sources: &mut Vec<SourceConfig>, entry: Entry) {
         keyring: entry.keyring,
         inline_keys: entry.inline_keys,
         policy: Default::default(),
+        fallback: Vec::new(),
     });
 }
 

@@ -33,6 +33,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub publish: PublishConfig,
     pub sync: SyncConfig,
+    pub retention: RetentionConfig,
     /// Named upstream sources. Empty means "import the host's apt sources".
     pub sources: Vec<SourceConfig>,
     /// Channels published at `/channels/<name>/`.
@@ -49,6 +50,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             publish: PublishConfig::default(),
             sync: SyncConfig::default(),
+            retention: RetentionConfig::default(),
             sources: Vec::new(),
             channels: Vec::new(),
         }
@@ -186,6 +188,48 @@ impl Default for SyncConfig {
     }
 }
 
+/// How long snapshots and blobs nobody uses are kept, and when garbage collection runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// A snapshot no channel points at is kept this long after it was created, last used (a
+    /// channel moved to it, a snapshot was derived from it) or left by a channel.
+    #[serde(with = "humantime_secs")]
+    pub keep_for: Duration,
+    /// However old, the newest this many such snapshots are kept too.
+    pub keep_last: usize,
+    /// A blob written, or a snapshot used, within this long is never collected: a collection
+    /// racing a sync, promotion or download deletes nothing they need.
+    #[serde(with = "humantime_secs")]
+    pub grace: Duration,
+    /// `aptgate serve` collects garbage this often; `0` only on `aptgate gc`.
+    #[serde(with = "humantime_secs")]
+    pub gc_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep_for: Duration::from_secs(30 * 86400),
+            keep_last: 10,
+            grace: Duration::from_secs(6 * 3600),
+            gc_interval: Duration::from_secs(86400),
+        }
+    }
+}
+
+/// Which packages a channel keeps in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retain {
+    /// Stored when first asked for; a sync stores at once each referenced package that
+    /// leaves upstream's index. A promotion fetches nothing.
+    #[default]
+    Used,
+    /// Everything new to the channel is stored before it moves (small curated channels).
+    All,
+}
+
 /// When a sync downloads the `.deb` files its snapshot references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +267,10 @@ pub struct ChannelConfig {
     /// `0` turns it off.
     #[serde(default, with = "humantime_secs")]
     pub auto_approve_after: Duration,
+    /// `used` (default): packages are stored when first asked for and rescued when they
+    /// leave upstream; `all`: every package new to the channel is stored before it moves.
+    #[serde(default)]
+    pub retain: Retain,
 }
 
 fn yes() -> bool {
@@ -253,6 +301,12 @@ pub struct SourceConfig {
     /// When `aptgate sync` downloads the `.deb` files: `on_demand` or `immediate`.
     #[serde(default)]
     pub policy: FetchPolicy,
+    /// Where a package upstream no longer has is looked for, in order: URL templates of
+    /// repository roots (the pool path is appended), verified against the recorded sha256.
+    /// `{last_seen}` is the last sync that saw the package (UTC, `%Y%m%dT%H%M%SZ`), e.g.
+    /// `https://snapshot.example.org/archive/debian/{last_seen}/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
 }
 
 /// Durations are written as whole seconds or with a unit: `300`, `"300s"`, `"5m"`, `"2h"`, `"1d"`.

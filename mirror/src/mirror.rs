@@ -54,13 +54,13 @@ pub enum SetupError {
     },
 }
 
-struct Source {
-    config: SourceConfig,
+pub(crate) struct Source {
+    pub(crate) config: SourceConfig,
     keyring: Keyring,
 }
 
 impl Source {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!(
             "{}/{}",
             self.config.url.as_str().trim_end_matches('/'),
@@ -83,10 +83,10 @@ pub enum Resolved {
 pub struct Mirror {
     sources: HashMap<SourceName, Source>,
     store: Store,
-    refs: Refs,
-    client: reqwest::Client,
+    pub(crate) refs: Refs,
+    pub(crate) client: reqwest::Client,
     config: MirrorConfig,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     flights: Mutex<HashMap<Sha256, Arc<Flight>>>,
     /// One revalidation at a time per release file.
     release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -255,7 +255,11 @@ impl Mirror {
         self.landed(resolved, path).await
     }
 
-    async fn landed(&self, resolved: Resolved, path: &str) -> Result<Sha256, MirrorError> {
+    pub(crate) async fn landed(
+        &self,
+        resolved: Resolved,
+        path: &str,
+    ) -> Result<Sha256, MirrorError> {
         match resolved {
             Resolved::Blob { digest, .. } => Ok(digest),
             Resolved::Streaming(flight) => match flight.finished().await {
@@ -274,7 +278,7 @@ impl Mirror {
         }
     }
 
-    fn source(&self, name: &str) -> Result<(&SourceName, &Source), MirrorError> {
+    pub(crate) fn source(&self, name: &str) -> Result<(&SourceName, &Source), MirrorError> {
         self.sources
             .get_key_value(name)
             .ok_or_else(|| MirrorError::UnknownSource {
@@ -542,7 +546,7 @@ impl Mirror {
 
     /// Re-reads a stored release file; its signature is checked again, since the store on
     /// disk is only as trustworthy as its last `store verify`.
-    async fn load_stored_release(
+    pub(crate) async fn load_stored_release(
         &self,
         name: &SourceName,
         source: &Source,
@@ -718,12 +722,31 @@ impl Mirror {
             });
         }
         self.check_not_found(name, path)?;
+        self.flight(
+            source.url(path),
+            Some((name.clone(), path.to_owned())),
+            digest,
+            size,
+        )
+    }
+
+    /// Joins the download of `digest`, or starts it from `url`: a detached task writes the
+    /// store's temp file, checked against `digest` and `size`. `at` is the source and path it
+    /// stands for there (recorded once stored, remembered when upstream says 404); `None`
+    /// for a URL of its own (a fallback origin).
+    pub(crate) fn flight(
+        self: &Arc<Self>,
+        url: String,
+        at: Option<(SourceName, String)>,
+        digest: Sha256,
+        size: u64,
+    ) -> Result<Resolved, MirrorError> {
         let mut flights = self.flights.lock().expect("lock poisoned");
         if let Some(flight) = flights.get(&digest) {
             Metrics::inc(&self.metrics.coalesced_waiters);
             return Ok(Resolved::Streaming(flight.clone()));
         }
-        // It may have landed between the check above and taking the lock.
+        // It may have landed between the caller's check and taking the lock.
         if self.store.contains(&digest) {
             return Ok(Resolved::Blob {
                 digest,
@@ -748,21 +771,28 @@ impl Mirror {
         Metrics::inc(&self.metrics.upstream_fetches);
 
         let mirror = self.clone();
-        let name = name.clone();
-        let path = path.to_owned();
-        let url = source.url(&path);
         tokio::spawn(async move {
             let outcome = mirror.download(&url, writer, &progress).await;
+            // Leave the map before telling the waiters: a caller that retries (say, from a
+            // fallback origin) as soon as this one failed must start a new flight, not join
+            // this one. The entry is this flight's own: nothing replaces it while present.
+            mirror
+                .flights
+                .lock()
+                .expect("lock poisoned")
+                .remove(&digest);
             match outcome {
                 Ok(()) => {
                     progress.send_replace(Progress::Done);
-                    mirror.after_store(&name, &path, digest, size).await;
+                    if let Some((name, path)) = &at {
+                        mirror.after_store(name, path, digest, size).await;
+                    }
                 }
                 Err(failure) => {
                     Metrics::inc(&mirror.metrics.upstream_errors);
-                    warn!(source = %name, %url, reason = %failure.reason, "download failed; nothing stored");
-                    if failure.not_found {
-                        mirror.remember_not_found(&name, &path);
+                    warn!(%url, reason = %failure.reason, "download failed; nothing stored");
+                    if let (true, Some((name, path))) = (failure.not_found, &at) {
+                        mirror.remember_not_found(name, path);
                     }
                     progress.send_replace(Progress::Failed(Failure {
                         reason: failure.reason.into(),
@@ -770,11 +800,6 @@ impl Mirror {
                     }));
                 }
             }
-            mirror
-                .flights
-                .lock()
-                .expect("lock poisoned")
-                .remove(&digest);
         });
         Ok(Resolved::Streaming(flight))
     }

@@ -83,4 +83,49 @@ impl Refs {
         }
         fs_err::tokio::rename(&tmp, &dest).await
     }
+
+    /// Every record of a source: (path, record). Unreadable records are skipped.
+    pub fn walk(&self, source: &SourceName) -> io::Result<Vec<(String, PathRecord)>> {
+        let base = self.source_dir(source);
+        let mut out = Vec::new();
+        let mut dirs = vec![base.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs_err::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let Some(relative) = path
+                    .strip_prefix(&base)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .and_then(|p| p.strip_suffix(".ref"))
+                else {
+                    continue;
+                };
+                let Ok(bytes) = fs_err::read(&path) else {
+                    continue;
+                };
+                if let Ok(record) = serde_json::from_slice(&bytes) {
+                    out.push((relative.to_owned(), record));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a record (garbage collection of the blob it named).
+    pub fn remove(&self, source: &SourceName, path: &str) -> io::Result<()> {
+        match fs_err::remove_file(self.path(source, path)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
 }

@@ -127,6 +127,53 @@ impl Store {
         w.finish().await
     }
 
+    /// Every blob: its digest, size and when it was written (its file's mtime).
+    pub fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        let mut out = Vec::new();
+        for shard in fs_err::read_dir(self.root.join("blobs/sha256"))? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs_err::read_dir(shard.path())? {
+                let entry = entry?;
+                let Some(digest) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Sha256::from_hex(n).ok())
+                else {
+                    continue;
+                };
+                // A blob removed meanwhile (another collection) is simply not listed.
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(BlobInfo {
+                    digest,
+                    size: meta.len(),
+                    written: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a blob as just referenced (its mtime is now): garbage collection never takes a
+    /// blob touched within its grace period.
+    pub fn touch(&self, digest: &Sha256) -> io::Result<()> {
+        fs_err::File::options()
+            .write(true)
+            .open(self.blob_path(digest))?
+            .file()
+            .set_modified(std::time::SystemTime::now())
+    }
+
+    /// Deletes a blob (garbage collection). A blob already gone is not an error.
+    pub fn remove(&self, digest: &Sha256) -> io::Result<()> {
+        match fs_err::remove_file(self.blob_path(digest)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
     /// Re-hashes every blob; corrupt ones are moved to `quarantine/` and reported.
     /// `progress` is called after each blob with (blobs checked, bytes checked).
     pub fn verify_all(
@@ -178,6 +225,14 @@ fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
+}
+
+/// One stored blob, as [`Store::list`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobInfo {
+    pub digest: Sha256,
+    pub size: u64,
+    pub written: std::time::SystemTime,
 }
 
 #[derive(Debug, Default)]

@@ -3,8 +3,10 @@
 
 use super::admin_client::{date, encode, AdminClient};
 use aptgate_channels::catalog::{ChannelState, HistoryEntry};
+use aptgate_channels::verify::VerifyReport;
 use aptgate_channels::MoveOutcome;
 use clap::Subcommand;
+use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum ChannelCommand {
@@ -31,6 +33,13 @@ pub enum ChannelCommand {
         /// Suites to publish (comma-separated; default all).
         #[arg(long, value_delimiter = ',')]
         suites: Vec<String>,
+    },
+    /// Where every package the channel publishes is: stored, only upstream, only at a
+    /// fallback origin, or nowhere (exit status 1 if any is nowhere).
+    Verify {
+        channel: String,
+        #[arg(long)]
+        json: bool,
     },
     /// A channel's moves, newest first.
     History {
@@ -91,8 +100,9 @@ pub enum MoveCommand {
     },
 }
 
-pub async fn run(api: &AdminClient, command: ChannelCommand) -> anyhow::Result<()> {
+pub async fn run(api: &AdminClient, command: ChannelCommand) -> anyhow::Result<ExitCode> {
     match command {
+        ChannelCommand::Verify { channel, json } => return verify(api, &channel, json).await,
         ChannelCommand::Create {
             name,
             follows,
@@ -155,7 +165,7 @@ pub async fn run(api: &AdminClient, command: ChannelCommand) -> anyhow::Result<(
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run_move(api: &AdminClient, command: MoveCommand) -> anyhow::Result<()> {
@@ -262,4 +272,59 @@ fn print_move(m: &MoveOutcome) {
         m.diff.downgraded,
         m.fetched
     );
+}
+
+async fn verify(api: &AdminClient, channel: &str, json: bool) -> anyhow::Result<ExitCode> {
+    eprintln!("checking every package of {channel} (HEAD requests for what is not stored) ...");
+    let report: VerifyReport = api
+        .get(&format!("channels/{}/verify", encode(channel)))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: snapshot {}, {} packages: {} stored, {} only upstream, {} only at a fallback \
+             origin, {} nowhere",
+            report.channel,
+            report.snapshot,
+            report.packages,
+            report.stored,
+            report.only_upstream,
+            report.only_fallback.len(),
+            report.nowhere.len()
+        );
+        for p in &report.only_fallback {
+            println!(
+                "fallback  {} {} {}  {}",
+                p.name, p.version, p.architecture, p.detail
+            );
+        }
+        for p in &report.nowhere {
+            println!(
+                "NOWHERE   {} {} {}  {} ({})",
+                p.name, p.version, p.architecture, p.filename, p.detail
+            );
+        }
+        for r in &report.rescues_pending {
+            println!(
+                "rescue pending since {}: {} from {} ({} attempts): {}",
+                date(r.first_failed),
+                r.pool_path,
+                r.source,
+                r.attempts,
+                r.error
+            );
+        }
+        if !report.nowhere.is_empty() {
+            println!(
+                "hint: a package that left upstream is rescued by the sync that sees it leave; \
+                 add a fallback origin (`fallback` in the source's configuration) for older ones"
+            );
+        }
+    }
+    Ok(if report.nowhere.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

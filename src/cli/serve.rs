@@ -30,6 +30,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.sync.interval,
         ));
     }
+    if !config.retention.gc_interval.is_zero() {
+        tokio::spawn(gc_schedule(
+            state.channels.clone(),
+            config.retention.gc_interval,
+        ));
+    }
     if !config.publish.valid_until.is_zero() {
         tokio::spawn(resign_schedule(
             state.channels.clone(),
@@ -103,6 +109,21 @@ async fn resign_schedule(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "re-signing failed"),
+        }
+    }
+}
+
+/// Collects garbage every `interval`, the first time one interval after start.
+async fn gc_schedule(
+    channels: std::sync::Arc<aptgate_channels::Channels>,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = channels.gc(false, &Actor::new("schedule")).await {
+            tracing::warn!(error = %e, "scheduled garbage collection failed");
         }
     }
 }

@@ -1,20 +1,94 @@
 //! `aptgate store …`: the content-addressed store.
 
+use super::admin_client::AdminClient;
 use anyhow::Context;
+use aptgate_channels::gc::{human_bytes, GcReport, StoreUsage};
 use aptgate_config::Config;
 use clap::Subcommand;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum StoreCommand {
-    /// Re-hash every blob; move corrupt ones to quarantine/ and list them.
+    /// Re-hash every blob; move corrupt ones to quarantine/ and list them (runs locally).
     Verify,
+    /// Bytes in the store by kind: packages, indices, metadata, unreferenced (asks the server).
+    Usage {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub fn run(config: &Config, command: StoreCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        StoreCommand::Verify => verify(config),
+/// `store verify` reads the store directly.
+pub fn run_local(config: &Config) -> anyhow::Result<ExitCode> {
+    verify(config)
+}
+
+/// `store usage` asks the server (it knows what references what).
+pub async fn usage(api: &AdminClient, json: bool) -> anyhow::Result<()> {
+    let usage: StoreUsage = api.get("store/usage").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&usage)?);
+        return Ok(());
     }
+    println!("{:<34} {:>10} {:>12}", "KIND", "BLOBS", "SIZE");
+    for (kind, amount) in [
+        ("packages", usage.packages),
+        ("indices and package tables", usage.indices),
+        ("manifests, publications, releases", usage.metadata),
+        ("unreferenced (next gc frees)", usage.unreferenced),
+        ("unreferenced, within grace", usage.unreferenced_recent),
+    ] {
+        println!(
+            "{kind:<34} {:>10} {:>12}",
+            amount.blobs,
+            human_bytes(amount.bytes)
+        );
+    }
+    Ok(())
+}
+
+/// `aptgate gc`: the server collects (or, with `--dry-run`, says what it would).
+pub async fn gc(api: &AdminClient, dry_run: bool) -> anyhow::Result<()> {
+    let report: GcReport = api
+        .post("gc", serde_json::json!({ "dry_run": dry_run }))
+        .await?;
+    let (would, verb) = if dry_run {
+        ("would ", "delete")
+    } else {
+        ("", "deleted")
+    };
+    if report.snapshots_deleted.is_empty() {
+        println!("no snapshot past retention");
+    } else {
+        println!(
+            "{would}{verb} {} snapshot(s) past retention: {}",
+            report.snapshots_deleted.len(),
+            report.snapshots_deleted.join(", ")
+        );
+    }
+    println!(
+        "{} {} unreferenced blob(s), {}{}",
+        if dry_run { "would free" } else { "freed" },
+        report.freed.blobs,
+        human_bytes(report.freed.bytes),
+        if report.records_removed > 0 {
+            format!(
+                "; {} mirror record(s) of dropped files",
+                report.records_removed
+            )
+        } else {
+            String::new()
+        }
+    );
+    if report.kept_recent.blobs > 0 {
+        println!(
+            "kept {} unreferenced blob(s) ({}) written within the grace period",
+            report.kept_recent.blobs,
+            human_bytes(report.kept_recent.bytes)
+        );
+    }
+    eprintln!("in {:.2}s", report.seconds);
+    Ok(())
 }
 
 fn verify(config: &Config) -> anyhow::Result<ExitCode> {

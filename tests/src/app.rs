@@ -33,6 +33,7 @@ pub fn fixture_source(upstream: &Upstream, repo: &FixtureRepo) -> SourceConfig {
         keyring: vec![repo.key_path()],
         inline_keys: Vec::new(),
         policy: Default::default(),
+        fallback: Vec::new(),
     }
 }
 

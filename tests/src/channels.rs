@@ -29,6 +29,7 @@ pub fn channel(name: &str) -> ChannelConfig {
         min_soak: Duration::ZERO,
         selective: true,
         auto_approve_after: Duration::ZERO,
+        retain: Default::default(),
     }
 }
 

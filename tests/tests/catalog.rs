@@ -116,6 +116,8 @@ fn snapshot(id: &str, at: i64) -> Snapshot {
         description: format!("sync at {at}"),
         manifest_sha256: format!("{:064x}", at),
         sources: vec!["debian".into(), "debian-security".into()],
+        deleted_at: None,
+        used_at: at,
     }
 }
 
@@ -378,6 +380,8 @@ fn test_snapshot(id: &str) -> Snapshot {
         description: String::new(),
         manifest_sha256: format!("{:0>64}", id.len()),
         sources: vec!["debian".into()],
+        deleted_at: None,
+        used_at: 1_700_000_000,
     }
 }
 

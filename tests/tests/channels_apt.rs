@@ -3,6 +3,7 @@
 
 use aptgate_channels::catalog::{AuditAction, AuditFilter};
 use aptgate_channels::{Actor, ChannelsError, PromoteRequest};
+use aptgate_config::Retain;
 use aptgate_tests::app::{aptgate_command, client};
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::*;
@@ -29,7 +30,16 @@ both_backends!(
 );
 
 async fn promotion_story(backend: Backend) {
-    let mut s = Setup::new(backend, Duration::ZERO).await;
+    // approved keeps everything (`retain = "all"`): stored at promotion, whatever upstream
+    // does later (the default, `used`, has its own tests in retention.rs).
+    let mut p = parts(
+        backend,
+        Duration::ZERO,
+        FixtureSpec::default().large_payload(64 << 10),
+    )
+    .await;
+    p.config.channels[1].retain = Retain::All;
+    let mut s = Setup::from_parts(p).await;
     let channels = s.app.state.channels.clone();
 
     // Sync: a snapshot; testing follows the source; approved is not published yet.
@@ -395,6 +405,8 @@ async fn concurrent_promotions_serialize(backend: Backend) {
 async fn a_killed_promotion_leaves_the_channel_consistent(backend: Backend) {
     let spec = FixtureSpec::default().large_payload(2 << 20);
     let mut p = parts(backend, Duration::ZERO, spec).await;
+    // Everything is stored before approved moves: the promotion takes a while.
+    p.config.channels[1].retain = Retain::All;
     let dir = p.dir.path().to_owned();
     let config_path = dir.join("aptgate.toml");
     let mut server = ServerProcess::start(&p.config, config_path.clone());
@@ -890,6 +902,7 @@ async fn channels_created_through_the_api_and_imported_keys(backend: Backend) {
     assert!(other
         .channels
         .channel_configs()
+        .await
         .iter()
         .any(|c| c.name.as_str() == "site-berlin"));
 

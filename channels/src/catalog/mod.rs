@@ -8,6 +8,7 @@
 
 mod model;
 mod queries;
+mod retention;
 
 pub use model::*;
 
@@ -224,6 +225,97 @@ impl Catalog {
         let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
         queries::holds(&mut conn, channel).await
     }
+
+    /// Every snapshot, deleted ones included, oldest first.
+    pub async fn all_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::all_snapshots(&mut conn).await
+    }
+
+    /// Every position of every channel, newest first per channel.
+    pub async fn all_positions(&self) -> Result<Vec<ChannelPosition>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::all_positions(&mut conn).await
+    }
+
+    /// Marks a snapshot used now; false if garbage collection deleted it.
+    pub async fn touch_snapshot(&self, id: &str, now: i64) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::touch_snapshot(&mut conn, id, now).await
+    }
+
+    /// Deletes a snapshot unused since `cutoff` that no channel points at; returns whether it
+    /// was deleted.
+    pub async fn expire_snapshot(&self, id: &str, cutoff: i64, now: i64) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::expire_snapshot(&mut conn, id, cutoff, now).await
+    }
+
+    pub async fn source_sync(&self, source: &str) -> Result<Option<SourceSync>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::source_sync(&mut conn, source).await
+    }
+
+    /// (sha256, origin, last_seen) of the given packages the catalog knows.
+    pub async fn package_origins(
+        &self,
+        sha256s: &[String],
+    ) -> Result<Vec<(String, String, Option<i64>)>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::package_origins(&mut conn, sha256s).await
+    }
+
+    /// Records a failed rescue (or another failure of one) for the next sync to retry.
+    pub async fn rescue_failed(&self, rescue: &Rescue) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::rescue_failed(&mut conn, rescue).await
+    }
+
+    pub async fn rescue_done(&self, sha256: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::rescue_done(&mut conn, sha256).await
+    }
+
+    /// Rescues still to do, oldest failure first.
+    pub async fn rescues(&self) -> Result<Vec<Rescue>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::rescues(&mut conn).await
+    }
+
+    /// Records a past snapshot's re-signed publication for a channel.
+    pub async fn set_snapshot_publication(
+        &self,
+        channel: &str,
+        snapshot_id: &str,
+        publication_sha256: &str,
+        signed_at: i64,
+    ) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::set_snapshot_publication(
+            &mut conn,
+            channel,
+            snapshot_id,
+            publication_sha256,
+            signed_at,
+        )
+        .await
+    }
+
+    /// The re-signed publication of a past snapshot of a channel, if any.
+    pub async fn snapshot_publication(
+        &self,
+        channel: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<String>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::snapshot_publication(&mut conn, channel, snapshot_id).await
+    }
+
+    /// Every re-signed past-snapshot publication: (channel, snapshot, publication digest).
+    pub async fn snapshot_publications(&self) -> Result<Vec<(String, String, String)>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        retention::snapshot_publications(&mut conn).await
+    }
 }
 
 /// Writes inside one transaction; dropped without [`commit`](Self::commit), it rolls back.
@@ -325,6 +417,26 @@ impl CatalogTx {
 
     pub async fn holds(&mut self, channel: &str) -> Result<Vec<Hold>> {
         queries::holds(&mut self.0, channel).await
+    }
+
+    /// Marks a snapshot used now and locks its row until commit; false if garbage
+    /// collection deleted it.
+    pub async fn touch_snapshot(&mut self, id: &str, now: i64) -> Result<bool> {
+        retention::touch_snapshot(&mut self.0, id, now).await
+    }
+
+    pub async fn record_source_sync(
+        &mut self,
+        source: &str,
+        at: i64,
+        snapshot_id: Option<&str>,
+    ) -> Result<()> {
+        retention::record_source_sync(&mut self.0, source, at, snapshot_id).await
+    }
+
+    /// Records that these packages left their origin's index, last listed at `last_seen`.
+    pub async fn mark_packages_gone(&mut self, sha256s: &[String], last_seen: i64) -> Result<()> {
+        retention::mark_packages_gone(&mut self.0, sha256s, last_seen).await
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Package {
     pub package: NewPackage,
     /// Unix seconds when this exact file was first recorded.
     pub first_seen: i64,
+    /// When it left its origin's index: the last sync that still listed it. `None` while
+    /// upstream lists it.
+    pub last_seen: Option<i64>,
 }
 
 string_enum!(
@@ -84,6 +87,12 @@ pub struct Snapshot {
     pub description: String,
     pub manifest_sha256: String,
     pub sources: Vec<String>,
+    /// When garbage collection deleted it (its blobs are gone; the row stays for history).
+    #[serde(default)]
+    pub deleted_at: Option<i64>,
+    /// The last time a channel moved to it or a snapshot was derived from it.
+    #[serde(default)]
+    pub used_at: i64,
 }
 
 string_enum!(
@@ -96,6 +105,8 @@ string_enum!(
         Release => "release",
         Rollback => "rollback",
         Key => "key",
+        Channel => "channel",
+        Gc => "gc",
     }
 );
 
@@ -187,4 +198,37 @@ pub struct Hold {
     pub at: i64,
     pub actor: String,
     pub comment: Option<String>,
+}
+
+/// A source's last sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSync {
+    pub source: String,
+    /// Unix seconds; every package the sync listed was seen then.
+    pub synced_at: i64,
+    pub snapshot_id: Option<String>,
+}
+
+/// A package that left upstream's index while referenced, not stored yet: retried by every
+/// sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rescue {
+    pub sha256: String,
+    pub source: String,
+    pub pool_path: String,
+    pub size: u64,
+    pub first_failed: i64,
+    pub last_failed: i64,
+    pub attempts: i64,
+    pub error: String,
+}
+
+/// One row of a channel's history with its channel (for whole-catalog walks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelPosition {
+    pub channel: String,
+    pub generation: i64,
+    pub snapshot_id: String,
+    pub publication_sha256: String,
+    pub at: i64,
 }

@@ -34,7 +34,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
 }
 
 /// Digests are stored as lowercase hex; anything else would silently miss on lookup.
-fn check_digest(what: &'static str, value: &str) -> Result<()> {
+pub(super) fn check_digest(what: &'static str, value: &str) -> Result<()> {
     if value.len() == 64
         && value
             .bytes()
@@ -116,12 +116,13 @@ struct PackageRow {
     control: String,
     origin: String,
     first_seen: i64,
+    last_seen: Option<i64>,
 }
 
 pub async fn package(conn: &mut AnyConnection, sha256: &str) -> Result<Option<Package>> {
     let row = sqlx::query_as::<_, PackageRow>(
         "SELECT sha256, name, version, architecture, source, size, pool_path, control, \
-         origin, first_seen FROM packages WHERE sha256 = $1",
+         origin, first_seen, last_seen FROM packages WHERE sha256 = $1",
     )
     .bind(sha256)
     .fetch_optional(&mut *conn)
@@ -140,6 +141,7 @@ pub async fn package(conn: &mut AnyConnection, sha256: &str) -> Result<Option<Pa
             origin: r.origin,
         },
         first_seen: r.first_seen,
+        last_seen: r.last_seen,
     }))
 }
 
@@ -163,7 +165,7 @@ pub async fn first_seen(
 }
 
 #[derive(FromRow)]
-struct SnapshotRow {
+pub(super) struct SnapshotRow {
     id: String,
     name: Option<String>,
     created_at: i64,
@@ -171,6 +173,8 @@ struct SnapshotRow {
     description: String,
     manifest_sha256: String,
     sources: String,
+    deleted_at: Option<i64>,
+    used_at: i64,
 }
 
 impl TryFrom<SnapshotRow> for Snapshot {
@@ -190,11 +194,14 @@ impl TryFrom<SnapshotRow> for Snapshot {
                 what: "snapshot sources",
                 value: r.sources.clone(),
             })?,
+            deleted_at: r.deleted_at,
+            used_at: r.used_at,
         })
     }
 }
 
-const SNAPSHOT_COLUMNS: &str = "id, name, created_at, kind, description, manifest_sha256, sources";
+pub(super) const SNAPSHOT_COLUMNS: &str =
+    "id, name, created_at, kind, description, manifest_sha256, sources, deleted_at, used_at";
 
 pub async fn insert_snapshot(conn: &mut AnyConnection, s: &Snapshot) -> Result<()> {
     check_digest("snapshot manifest sha256", &s.manifest_sha256)?;
@@ -204,7 +211,7 @@ pub async fn insert_snapshot(conn: &mut AnyConnection, s: &Snapshot) -> Result<(
     })?;
     sqlx::query(
         "INSERT INTO snapshots (id, name, created_at, kind, description, manifest_sha256, \
-         sources) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         sources, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $3)",
     )
     .bind(&s.id)
     .bind(s.name.as_deref())
@@ -242,8 +249,11 @@ async fn snapshot_where(
         .transpose()
 }
 
+/// Every snapshot garbage collection has not deleted, oldest first.
 pub async fn list_snapshots(conn: &mut AnyConnection) -> Result<Vec<Snapshot>> {
-    let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY created_at, id");
+    let sql = format!(
+        "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE deleted_at IS NULL ORDER BY created_at, id"
+    );
     sqlx::query_as::<_, SnapshotRow>(&sql)
         .fetch_all(&mut *conn)
         .await
