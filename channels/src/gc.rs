@@ -10,10 +10,14 @@
 //! 3. the live set is read: every kept snapshot's manifest, indices, tables and packages;
 //!    every channel's publication, the newest publication of each kept snapshot in its
 //!    history; the mirror's release files, the files they list and the pool files they name;
-//! 4. listed blobs outside the live set and written more than `grace` ago are deleted.
+//! 4. listed blobs outside the live set and written more than `grace` ago are deleted — their
+//!    age checked again at the moment of deletion, under the store's lock that writers take to
+//!    rename a blob into place: content stored again after the listing (a move re-signing
+//!    identical bytes, a manifest two snapshots share) is young again, and kept.
 //!
 //! A blob written during the collection is not listed in step 2 or is too young; one written
-//! just before it is younger than `grace`. Deleting a package blob that upstream still
+//! just before it is younger than `grace`. Every operation must finish within `grace`
+//! (default 6 h) between writing a blob and recording what references it. Deleting a package blob that upstream still
 //! lists costs a download later, never correctness.
 
 use crate::catalog::*;
@@ -124,18 +128,23 @@ impl Channels {
                 doomed.push(*blob);
             }
         }
+        let mut gone: HashSet<Sha256> = HashSet::new();
         for blob in &doomed {
-            if !dry_run {
-                self.store()
-                    .remove(&blob.digest)
+            // Checked again at the moment of deletion: written again or touched since the
+            // listing (a move re-storing identical bytes) means it is in use.
+            let deleted = dry_run
+                || self
+                    .store()
+                    .remove_if_older(&blob.digest, young)
                     .map_err(|source| ChannelsError::Io {
                         what: format!("deleting blob {}", blob.digest),
                         source,
                     })?;
+            if deleted {
+                report.freed.add(blob.size);
+                gone.insert(blob.digest);
             }
-            report.freed.add(blob.size);
         }
-        let gone: HashSet<Sha256> = doomed.iter().map(|b| b.digest).collect();
         for (source, path, digest) in &roots.stale_pool_records {
             if gone.contains(digest) || !self.store().contains(digest) {
                 if !dry_run {

@@ -67,7 +67,12 @@ impl Mirror {
             Err(e) => return Probe::Failed(upstream::describe(&e)),
         };
         match response.status() {
-            reqwest::StatusCode::OK => match response.content_length() {
+            // The header, not `content_length()`: a HEAD response has no body to measure.
+            reqwest::StatusCode::OK => match response
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            {
                 Some(len) if len != size => {
                     Probe::Failed(format!("{len} bytes where {size} were expected"))
                 }

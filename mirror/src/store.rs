@@ -17,6 +17,7 @@ use crate::digest::{Sha256, Sha256Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 const FORMAT: &str = "aptgate-store 1";
@@ -54,6 +55,10 @@ impl Expected {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Held while a blob is renamed into place or touched, and while garbage collection
+    /// checks a blob's age and deletes it: a blob written again (same content) or touched
+    /// after the collection listed it is never deleted under the writer.
+    names: Arc<Mutex<()>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -82,7 +87,10 @@ impl Store {
         for entry in fs_err::read_dir(root.join("tmp"))? {
             let _ = fs_err::remove_file(entry?.path());
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            names: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -159,6 +167,7 @@ impl Store {
     /// Marks a blob as just referenced (its mtime is now): garbage collection never takes a
     /// blob touched within its grace period.
     pub fn touch(&self, digest: &Sha256) -> io::Result<()> {
+        let _names = self.names.lock().expect("lock poisoned");
         fs_err::File::options()
             .write(true)
             .open(self.blob_path(digest))?
@@ -166,11 +175,25 @@ impl Store {
             .set_modified(std::time::SystemTime::now())
     }
 
-    /// Deletes a blob (garbage collection). A blob already gone is not an error.
-    pub fn remove(&self, digest: &Sha256) -> io::Result<()> {
-        match fs_err::remove_file(self.blob_path(digest)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
+    /// Deletes a blob (garbage collection) unless it was written or touched after
+    /// `written_before`; returns whether it was deleted. A blob already gone is not an error.
+    pub fn remove_if_older(
+        &self,
+        digest: &Sha256,
+        written_before: std::time::SystemTime,
+    ) -> io::Result<bool> {
+        let path = self.blob_path(digest);
+        let _names = self.names.lock().expect("lock poisoned");
+        match fs_err::metadata(&path) {
+            Ok(meta) if meta.modified()? > written_before => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        match fs_err::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -331,7 +354,11 @@ impl BlobWriter {
             .0
             .take()
             .expect("guard holds the path until finish");
-        if let Err(e) = fs_err::tokio::rename(&tmp, &final_path).await {
+        let renamed = {
+            let _names = self.store.names.lock().expect("lock poisoned");
+            fs_err::rename(&tmp, &final_path)
+        };
+        if let Err(e) = renamed {
             self.guard.0 = Some(tmp);
             return Err(e.into());
         }
@@ -383,6 +410,34 @@ mod tests {
         assert!(store.contains(&good));
         assert!(!store.contains(&bad));
         assert!(report.corrupt[0].quarantined_to.is_file());
+    }
+
+    #[tokio::test]
+    async fn a_blob_written_again_after_listing_is_not_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.insert(b"same", Expected::default()).await.unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs_err::File::options()
+            .write(true)
+            .open(store.blob_path(&d))
+            .unwrap()
+            .file()
+            .set_modified(hour_ago)
+            .unwrap();
+        let listed = store.list().unwrap();
+        assert!(listed[0].written <= hour_ago);
+        // A writer stores the same bytes again after the collector listed them.
+        store.insert(b"same", Expected::default()).await.unwrap();
+        let cutoff = hour_ago + std::time::Duration::from_secs(60);
+        assert!(!store.remove_if_older(&d, cutoff).unwrap());
+        assert!(store.contains(&d));
+        store.touch(&d).unwrap();
+        assert!(!store.remove_if_older(&d, cutoff).unwrap());
+        assert!(store
+            .remove_if_older(&d, std::time::SystemTime::now())
+            .unwrap());
+        assert!(!store.contains(&d));
     }
 
     #[test]
