@@ -3,7 +3,7 @@
 
 use crate::blobs::*;
 use crate::error::{ChannelsError, Result};
-use crate::index::{self, Stanza};
+use crate::index::{self, Relation, Stanza};
 use crate::manifest::*;
 use crate::service::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -59,8 +59,8 @@ impl Channels {
     }
 
     /// The names to take from `source` per index so that `names` and the dependencies the
-    /// target lacks come along: within each index, a dependency is satisfied when the
-    /// target (after the pull) has a package of that name with a matching version.
+    /// target lacks come along (see [`pull_names`] for how dependencies resolve), and the
+    /// names found and taken, requested or not.
     pub(crate) async fn pull_set(
         &self,
         target: &Manifest,
@@ -88,55 +88,149 @@ impl Channels {
                     })?,
                     None => Vec::new(),
                 };
-                let mut by_name: HashMap<&str, Vec<&Stanza>> = HashMap::new();
-                for s in &src {
-                    by_name.entry(s.name).or_default().push(s);
-                }
-                // Versions present once the pull is done: target's, replaced by pulled ones.
-                let mut present: HashMap<&str, Vec<&str>> = HashMap::new();
-                for s in &tgt {
-                    present.entry(s.name).or_default().push(s.version);
-                }
-                let mut pulled: HashSet<String> = HashSet::new();
-                let mut queue: Vec<&str> = names
-                    .iter()
-                    .filter(|n| by_name.contains_key(n.as_str()))
-                    .map(String::as_str)
-                    .collect();
-                while let Some(name) = queue.pop() {
-                    if !pulled.insert(name.to_owned()) {
-                        continue;
-                    }
-                    found.insert(name.to_owned());
-                    let stanzas = &by_name[name];
-                    present.insert(name, stanzas.iter().map(|s| s.version).collect());
-                    for s in stanzas {
-                        for group in index::dependencies(s) {
-                            let satisfied = group.iter().any(|r| {
-                                present
-                                    .get(r.name)
-                                    .is_some_and(|vs| vs.iter().any(|v| r.satisfied_by(v)))
-                            });
-                            if satisfied {
-                                continue;
-                            }
-                            let candidate = group.iter().find(|r| {
-                                by_name
-                                    .get(r.name)
-                                    .is_some_and(|ss| ss.iter().any(|s| r.satisfied_by(s.version)))
-                            });
-                            if let Some(r) = candidate {
-                                queue.push(r.name);
-                            }
-                        }
-                    }
-                }
+                let pulled = pull_names(&tgt, &src, names);
+                found.extend(pulled.iter().cloned());
                 if !pulled.is_empty() {
                     take.insert((suite.clone(), key.clone()), pulled);
                 }
             }
         }
         Ok((take, found))
+    }
+}
+
+/// Within one index: the names to take from `source` so that `names` (those it has) and the
+/// dependencies the target lacks come along.
+///
+/// A dependency group (`a | b`) is satisfied when the target, as it will be after the pull,
+/// satisfies any of its alternatives, through a package of that name with a matching
+/// version or through a `Provides:` ([`Relation::satisfied_by_provide`]): then nothing is
+/// pulled for it, whichever alternative that is. Otherwise the first alternative, in order,
+/// that `source` can satisfy is pulled ([`Packages::resolve`]). Pulled packages' own
+/// dependencies are followed the same way; unresolvable groups are left to apt to report.
+fn pull_names<'a>(
+    target: &[Stanza<'a>],
+    source: &[Stanza<'a>],
+    names: &[String],
+) -> HashSet<String> {
+    let available = Packages::new(source);
+    let mut present = Packages::new(target);
+    let mut pulled: HashSet<&'a str> = HashSet::new();
+    // Names whose dependencies are still to be looked at. A pulled package is present from
+    // the moment it is chosen, and every requested one before any dependency is looked at:
+    // `a | b` with `b` requested too pulls no `a`.
+    let mut queue: Vec<&'a str> = Vec::new();
+    for name in names.iter().filter_map(|n| available.name(n)) {
+        if pulled.insert(name) {
+            present.replace(name, &available.real[name]);
+            queue.push(name);
+        }
+    }
+    while let Some(name) = queue.pop() {
+        for stanza in &available.real[name] {
+            for group in index::dependencies(stanza) {
+                if group.iter().any(|r| present.satisfies(r)) {
+                    continue;
+                }
+                let Some(dep) = group.iter().find_map(|r| available.resolve(r)) else {
+                    continue;
+                };
+                if pulled.insert(dep) {
+                    present.replace(dep, &available.real[dep]);
+                    queue.push(dep);
+                }
+            }
+        }
+    }
+    pulled.into_iter().map(str::to_owned).collect()
+}
+
+/// The packages of one index by name, and the virtual packages they provide.
+struct Packages<'s, 'a> {
+    real: HashMap<&'a str, Vec<&'s Stanza<'a>>>,
+    /// Virtual name → each provider's name and `Provides:` entry.
+    provided: HashMap<&'a str, Vec<(&'a str, Relation<'a>)>>,
+}
+
+impl<'s, 'a> Packages<'s, 'a> {
+    fn new(stanzas: &'s [Stanza<'a>]) -> Self {
+        let mut packages = Packages {
+            real: HashMap::new(),
+            provided: HashMap::new(),
+        };
+        for stanza in stanzas {
+            packages.add(stanza);
+        }
+        packages
+    }
+
+    fn add(&mut self, stanza: &'s Stanza<'a>) {
+        self.real.entry(stanza.name).or_default().push(stanza);
+        for entry in index::provides(stanza) {
+            self.provided
+                .entry(entry.name)
+                .or_default()
+                .push((stanza.name, entry));
+        }
+    }
+
+    /// `name` as this index spells it, if it has a package so named.
+    fn name(&self, name: &str) -> Option<&'a str> {
+        self.real.get_key_value(name).map(|(k, _)| *k)
+    }
+
+    /// Every version of `name`, and what those provide, replaced by `stanzas`.
+    fn replace(&mut self, name: &str, stanzas: &[&'s Stanza<'a>]) {
+        for old in self.real.remove(name).unwrap_or_default() {
+            for entry in index::provides(old) {
+                if let Some(providers) = self.provided.get_mut(entry.name) {
+                    providers.retain(|(provider, _)| *provider != name);
+                }
+            }
+        }
+        for stanza in stanzas {
+            self.add(stanza);
+        }
+    }
+
+    /// Whether a package here satisfies `relation`, by name or by what it provides.
+    fn satisfies(&self, relation: &Relation<'_>) -> bool {
+        let by_name = self
+            .real
+            .get(relation.name)
+            .is_some_and(|stanzas| stanzas.iter().any(|s| relation.satisfied_by(s.version)));
+        by_name
+            || self.provided.get(relation.name).is_some_and(|providers| {
+                providers
+                    .iter()
+                    .any(|(_, entry)| relation.satisfied_by_provide(entry))
+            })
+    }
+
+    /// The package to take to satisfy `relation`: the one of that name if a version matches,
+    /// else a provider that satisfies it. Among several providers the rule is the highest
+    /// provided version (an unversioned provide ranks below any version), ties going to the
+    /// alphabetically first provider name: apt would weigh its own preferences, this only has
+    /// to be deterministic, and a target that already has some provider keeps it (the
+    /// dependency is then satisfied and nothing is taken).
+    fn resolve(&self, relation: &Relation<'_>) -> Option<&'a str> {
+        if let Some((name, stanzas)) = self.real.get_key_value(relation.name) {
+            if stanzas.iter().any(|s| relation.satisfied_by(s.version)) {
+                return Some(*name);
+            }
+        }
+        self.provided
+            .get(relation.name)?
+            .iter()
+            .filter(|(_, entry)| relation.satisfied_by_provide(entry))
+            .max_by(|(a, a_entry), (b, b_entry)| {
+                let versions = match (a_entry.provided_version(), b_entry.provided_version()) {
+                    (Some(x), Some(y)) => index::compare_versions(x, y),
+                    (x, y) => x.is_some().cmp(&y.is_some()),
+                };
+                versions.then_with(|| b.cmp(a))
+            })
+            .map(|(name, _)| *name)
     }
 }
 
@@ -153,4 +247,144 @@ pub(crate) fn every_index(
                 .map(move |key| ((suite.clone(), key.clone()), names.clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    /// An index of `(name, version, extra fields)`.
+    fn index(packages: &[(&str, &str, &str)]) -> String {
+        let stanzas: Vec<String> = packages
+            .iter()
+            .map(|(name, version, extra)| {
+                format!(
+                    "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}\
+                     Filename: pool/main/{name}_{version}_amd64.deb\nSize: 10\nSHA256: {SHA}"
+                )
+            })
+            .collect();
+        index::render(stanzas.iter().map(String::as_str))
+    }
+
+    /// The names `pull_names` takes, sorted.
+    fn pull(target: &str, source: &str, names: &[&str]) -> Vec<String> {
+        let (target, source) = (index::parse(target).unwrap(), index::parse(source).unwrap());
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut pulled: Vec<String> = pull_names(&target, &source, &names).into_iter().collect();
+        pulled.sort();
+        pulled
+    }
+
+    #[test]
+    fn a_virtual_dependency_pulls_a_provider() {
+        let source = index(&[
+            ("mail-reader", "1", "Depends: mail-transport-agent\n"),
+            (
+                "tiny-mta",
+                "1",
+                "Provides: mail-transport-agent\nDepends: libtiny\n",
+            ),
+            ("libtiny", "1", ""),
+        ]);
+        assert_eq!(
+            pull("", &source, &["mail-reader"]),
+            ["libtiny", "mail-reader", "tiny-mta"],
+            "the provider and its own dependency"
+        );
+        // A target that has some provider keeps it.
+        let target = index(&[("big-mta", "1", "Provides: mail-transport-agent\n")]);
+        assert_eq!(pull(&target, &source, &["mail-reader"]), ["mail-reader"]);
+    }
+
+    #[test]
+    fn versioned_dependencies_need_a_versioned_provide() {
+        let source = index(&[
+            ("app", "1", "Depends: libjson (>= 2)\n"),
+            ("json-old", "1", "Provides: libjson (= 1.5)\n"),
+            ("json-any", "1", "Provides: libjson\n"),
+            ("json-c", "3", "Provides: libjson (= 2.1)\n"),
+        ]);
+        assert_eq!(pull("", &source, &["app"]), ["app", "json-c"]);
+        // The target's unversioned provide does not satisfy it either.
+        let target = index(&[("json-any", "1", "Provides: libjson\n")]);
+        assert_eq!(pull(&target, &source, &["app"]), ["app", "json-c"]);
+        let target = index(&[("json-b", "1", "Provides: libjson (= 2.0)\n")]);
+        assert_eq!(pull(&target, &source, &["app"]), ["app"]);
+    }
+
+    #[test]
+    fn among_providers_the_highest_provided_version_then_the_first_name() {
+        let source = index(&[
+            ("app", "1", "Depends: virt\n"),
+            ("zz", "1", "Provides: virt (= 2)\n"),
+            ("aa", "9", "Provides: virt (= 1)\n"),
+            ("mm", "1", "Provides: virt (= 2)\n"),
+            ("bb", "1", "Provides: virt\n"),
+        ]);
+        assert_eq!(pull("", &source, &["app"]), ["app", "mm"]);
+        let source = index(&[
+            ("app", "1", "Depends: virt\n"),
+            ("zz", "1", "Provides: virt\n"),
+            ("bb", "1", "Provides: virt\n"),
+        ]);
+        assert_eq!(pull("", &source, &["app"]), ["app", "bb"]);
+        // A package of the dependency's name wins over providers.
+        let source = index(&[
+            ("app", "1", "Depends: virt\n"),
+            ("aa", "1", "Provides: virt (= 5)\n"),
+            ("virt", "1", ""),
+        ]);
+        assert_eq!(pull("", &source, &["app"]), ["app", "virt"]);
+    }
+
+    #[test]
+    fn alternatives_keep_what_the_target_has_else_take_the_first_that_resolves() {
+        let source = index(&[
+            (
+                "web-app",
+                "1",
+                "Depends: httpd-x (>= 2) | httpd-a | httpd-b\n",
+            ),
+            ("httpd-x", "1", ""),
+            ("httpd-a", "1", ""),
+            ("httpd-b", "1", ""),
+        ]);
+        // httpd-x is too old, so httpd-a is the first that resolves.
+        assert_eq!(pull("", &source, &["web-app"]), ["httpd-a", "web-app"]);
+        let target = index(&[("httpd-b", "1", "")]);
+        assert_eq!(pull(&target, &source, &["web-app"]), ["web-app"]);
+        // Also when the satisfying alternative is a virtual package the target provides.
+        let target = index(&[("other-httpd", "1", "Provides: httpd-b\n")]);
+        assert_eq!(pull(&target, &source, &["web-app"]), ["web-app"]);
+        // A requested package satisfies another's alternatives.
+        assert_eq!(
+            pull("", &source, &["web-app", "httpd-b"]),
+            ["httpd-b", "web-app"]
+        );
+    }
+
+    #[test]
+    fn a_pulled_version_replaces_what_the_target_provided() {
+        // The target's mta 1 provides the virtual package; mta 2 no longer does.
+        let target = index(&[("mta", "1", "Provides: smtp\n")]);
+        let source = index(&[
+            ("mta", "2", ""),
+            ("mailer", "1", "Depends: smtp\n"),
+            ("smtpd", "1", "Provides: smtp\n"),
+        ]);
+        assert_eq!(
+            pull(&target, &source, &["mta", "mailer"]),
+            ["mailer", "mta", "smtpd"]
+        );
+        assert_eq!(pull(&target, &source, &["mailer"]), ["mailer"]);
+    }
+
+    #[test]
+    fn missing_names_and_unresolvable_dependencies_are_skipped() {
+        let source = index(&[("app", "1", "Depends: nowhere | virt (>= 1)\n")]);
+        assert_eq!(pull("", &source, &["app", "ghost"]), ["app"]);
+    }
 }

@@ -120,14 +120,15 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// One alternative of a dependency: `name (op version)`, `:arch` qualifiers dropped.
+/// One alternative of a dependency: `name (op version)`, `:arch` qualifiers dropped. Also one
+/// entry of `Provides:`, where the only constraint is `(= version)`, the provided version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation<'a> {
     pub name: &'a str,
     pub constraint: Option<(&'a str, &'a str)>,
 }
 
-impl Relation<'_> {
+impl<'a> Relation<'a> {
     pub fn satisfied_by(&self, version: &str) -> bool {
         let Some((op, wanted)) = self.constraint else {
             return true;
@@ -143,40 +144,90 @@ impl Relation<'_> {
             _ => true,
         }
     }
+
+    /// Whether a package providing `provided` (an entry of its `Provides:`) satisfies this
+    /// dependency, as dpkg and apt decide: an unversioned dependency is satisfied by any
+    /// provide of its name; a versioned one only by a versioned provide (`name (= V)`) whose
+    /// V matches, never by an unversioned provide.
+    pub fn satisfied_by_provide(&self, provided: &Relation<'_>) -> bool {
+        if self.name != provided.name {
+            return false;
+        }
+        if self.constraint.is_none() {
+            return true;
+        }
+        provided
+            .provided_version()
+            .is_some_and(|v| self.satisfied_by(v))
+    }
+
+    /// The version a `Provides:` entry provides: `V` of `name (= V)`, none when unversioned.
+    pub fn provided_version(&self) -> Option<&'a str> {
+        match self.constraint {
+            Some(("=", version)) if !version.is_empty() => Some(version),
+            _ => None,
+        }
+    }
 }
 
 /// The `Depends` and `Pre-Depends` of a stanza: groups of alternatives.
 pub fn dependencies<'a>(stanza: &Stanza<'a>) -> Vec<Vec<Relation<'a>>> {
     let mut groups = Vec::new();
-    let mut lines = stanza.text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let value = match line.split_once(':') {
-            Some(("Depends" | "Pre-Depends", v)) => v,
-            _ => continue,
-        };
-        // Continuation lines belong to the field.
-        let mut field = vec![value];
-        while let Some(next) = lines.peek() {
-            if next.starts_with([' ', '\t']) {
-                field.push(next);
-                lines.next();
-            } else {
-                break;
-            }
-        }
-        for part in field {
-            for group in part.split(',') {
-                let alternatives: Vec<_> = group
-                    .split('|')
-                    .filter_map(|alt| parse_relation(alt.trim()))
-                    .collect();
-                if !alternatives.is_empty() {
-                    groups.push(alternatives);
-                }
+    for value in field_values(stanza.text, &["Depends", "Pre-Depends"]) {
+        for group in value.split(',') {
+            let alternatives: Vec<_> = group
+                .split('|')
+                .filter_map(|alt| parse_relation(alt.trim()))
+                .collect();
+            if !alternatives.is_empty() {
+                groups.push(alternatives);
             }
         }
     }
     groups
+}
+
+/// The `Provides` of a stanza: the virtual packages it provides, each unversioned or with
+/// the provided version as an `=` constraint (see [`Relation::provided_version`]).
+pub fn provides<'a>(stanza: &Stanza<'a>) -> Vec<Relation<'a>> {
+    field_values(stanza.text, &["Provides"])
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| parse_relation(entry.trim()))
+        .collect()
+}
+
+/// The values of the fields named `names` in a stanza's raw text, in order: everything after
+/// the colon, continuation lines included (a relation may be wrapped anywhere, even inside
+/// a group of alternatives, so a field is split only once it is whole).
+fn field_values<'a>(text: &'a str, names: &[&str]) -> Vec<&'a str> {
+    let mut values = Vec::new();
+    // Byte range of the value being read.
+    let mut current: Option<(usize, usize)> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, end)) = &mut current {
+                *end = start + line.len();
+            }
+            continue;
+        }
+        if let Some((from, to)) = current.take() {
+            values.push(&text[from..to]);
+        }
+        if let Some((key, _)) = line.split_once(':') {
+            if names.contains(&key) {
+                current = Some((start + key.len() + 1, start + line.len()));
+            }
+        }
+    }
+    if let Some((from, to)) = current {
+        values.push(&text[from..to]);
+    }
+    values
 }
 
 fn parse_relation(text: &str) -> Option<Relation<'_>> {
@@ -250,5 +301,60 @@ mod tests {
         assert!(!deps[0][0].satisfied_by("2.35"));
         assert!(!deps[3][0].satisfied_by("1.0"));
         assert!(deps[3][0].satisfied_by("1.0-1"));
+    }
+
+    #[test]
+    fn a_group_of_alternatives_may_be_wrapped() {
+        let text = stanza(
+            "a",
+            "1.0",
+            "Depends: foo (>= 1) |\n bar, baz\nDescription: x\n Depends: not-a-field\n",
+        );
+        let parsed = parse(&text).unwrap();
+        let names: Vec<Vec<&str>> = dependencies(&parsed[0])
+            .iter()
+            .map(|g| g.iter().map(|r| r.name).collect())
+            .collect();
+        assert_eq!(names, [vec!["foo", "bar"], vec!["baz"]]);
+    }
+
+    #[test]
+    fn reads_provides_with_and_without_versions() {
+        let text = stanza(
+            "tiny-mta",
+            "1.0",
+            "Provides: mail-transport-agent, libmail (= 2.1-1),\n smtp-server:any\n",
+        );
+        let parsed = parse(&text).unwrap();
+        let read: Vec<(&str, Option<&str>)> = provides(&parsed[0])
+            .iter()
+            .map(|p| (p.name, p.provided_version()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("mail-transport-agent", None),
+                ("libmail", Some("2.1-1")),
+                ("smtp-server", None)
+            ]
+        );
+        let without = stanza("b", "1", "");
+        assert!(provides(&parse(&without).unwrap()[0]).is_empty());
+    }
+
+    #[test]
+    fn versioned_dependencies_need_versioned_provides() {
+        let dep = |text| parse_relation(text).unwrap();
+        let unversioned = dep("mta");
+        let at_least = dep("mta (>= 2)");
+        let provides_any = dep("mta");
+        let provides_2 = dep("mta (= 2.0-1)");
+        let provides_1 = dep("mta (= 1.9)");
+        assert!(unversioned.satisfied_by_provide(&provides_any));
+        assert!(unversioned.satisfied_by_provide(&provides_2));
+        assert!(!at_least.satisfied_by_provide(&provides_any));
+        assert!(at_least.satisfied_by_provide(&provides_2));
+        assert!(!at_least.satisfied_by_provide(&provides_1));
+        assert!(!unversioned.satisfied_by_provide(&dep("other")));
     }
 }

@@ -56,6 +56,8 @@ pub struct PackageSpec {
     pub suites: Vec<String>,
     /// The `Depends:` field, verbatim.
     pub depends: Option<String>,
+    /// The `Provides:` field, verbatim.
+    pub provides: Option<String>,
     /// Bytes of random content installed by the package.
     pub payload: u64,
 }
@@ -71,6 +73,7 @@ impl PackageSpec {
             component: component.into(),
             suites: suites.iter().map(|s| s.to_string()).collect(),
             depends: None,
+            provides: None,
             payload: SMALL_PAYLOAD,
         }
     }
@@ -82,6 +85,11 @@ impl PackageSpec {
 
     pub fn depends(mut self, depends: &str) -> Self {
         self.depends = Some(depends.into());
+        self
+    }
+
+    pub fn provides(mut self, provides: &str) -> Self {
+        self.provides = Some(provides.into());
         self
     }
 
@@ -486,6 +494,9 @@ fn control_paragraph(spec: &PackageSpec) -> ControlParagraph<'static> {
     ]);
     if let Some(depends) = &spec.depends {
         fields.push(("Depends", depends.clone()));
+    }
+    if let Some(provides) = &spec.provides {
+        fields.push(("Provides", provides.clone()));
     }
     fields.extend([
         ("Section", "misc".into()),
