@@ -75,18 +75,18 @@ async fn retain_used_promotions_fetch_nothing_and_hosts_fetch_on_demand(backend:
         0,
         "a promotion with retain = \"used\" downloads nothing"
     );
-    let foo = s.repo.package_in("stable", "foo-utils", "amd64").clone();
-    assert!(!stored(&s, &foo.sha256));
+    let utils = s.repo.package_in("stable", "foo-utils", "amd64").clone();
+    assert!(!stored(&s, &utils.sha256));
 
     // A host asks: the package is fetched once, verified and stored.
     let host = s.host("host", "approved");
-    assert_eq!(candidate(&host, "foo-utils").await, foo.version);
+    assert_eq!(candidate(&host, "foo-utils").await, utils.version);
     host.download(&["foo-utils"])
         .await
         .unwrap()
         .assert_success();
-    assert_eq!(s.upstream.count(&foo.pool_path), 1);
-    assert!(stored(&s, &foo.sha256));
+    assert_eq!(s.upstream.count(&utils.pool_path), 1);
+    assert!(stored(&s, &utils.sha256));
     let again = s.host("host-2", "approved");
     again.update().await.unwrap().assert_success();
     again
@@ -94,7 +94,7 @@ async fn retain_used_promotions_fetch_nothing_and_hosts_fetch_on_demand(backend:
         .await
         .unwrap()
         .assert_success();
-    assert_eq!(s.upstream.count(&foo.pool_path), 1, "served from the store");
+    assert_eq!(s.upstream.count(&utils.pool_path), 1, "served from the store");
 }
 
 async fn referenced_packages_leaving_upstream_are_rescued(backend: Backend) {
@@ -281,7 +281,7 @@ async fn gc_deletes_expired_snapshots_and_unreferenced_blobs_only(backend: Backe
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let dry = channels.gc(true, &actor).await.unwrap();
-    assert_eq!(dry.snapshots_deleted, [s2.clone()], "{dry:?}");
+    assert_eq!(dry.snapshots_deleted, std::slice::from_ref(&s2), "{dry:?}");
     assert!(dry.freed.blobs > 0);
     assert!(
         channels.snapshot(&s2).await.is_ok(),
@@ -472,7 +472,7 @@ async fn gc_racing_syncs_promotions_and_downloads_deletes_nothing_needed(backend
 
 async fn past_snapshots_are_resigned_before_valid_until(backend: Backend) {
     let mut p = parts(backend, Duration::ZERO, FixtureSpec::default()).await;
-    p.config.publish.valid_until = Duration::from_secs(4);
+    p.config.publish.valid_until = Duration::from_secs(6);
     let mut s = Setup::from_parts(p).await;
     let channels = s.app.state.channels.clone();
     let s1 = s.sync().await.snapshot.unwrap();
@@ -503,14 +503,14 @@ async fn past_snapshots_are_resigned_before_valid_until(backend: Backend) {
             .unwrap()
     };
     let before = valid_until(&get().await);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past half the validity (3 s), whole seconds counted.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let resigned = channels.resign_expiring().await.unwrap();
     assert!(resigned.contains(&format!("approved@{s1}")), "{resigned:?}");
     let after = valid_until(&get().await);
     assert_ne!(before, after);
     // Past the first signature's Valid-Until, apt still accepts the snapshot.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    channels.resign_expiring().await.unwrap();
     let host = aptgate_tests::apt::AptRoot::new(&s.dir.path().join("snapshot-host")).unwrap();
     host.add_source(
         "aptgate",
