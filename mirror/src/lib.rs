@@ -8,6 +8,7 @@ pub mod keyring;
 pub mod metrics;
 mod mirror;
 pub mod packages;
+pub mod passthrough;
 pub mod path;
 pub mod refs;
 pub mod release;

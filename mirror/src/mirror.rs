@@ -7,8 +7,12 @@
 //! * other `dists/<suite>/…` files: must be listed in the suite's verified Release; stored and
 //!   served by the digest it names (so `by-hash/` costs nothing extra).
 //! * `pool/…` files: checked against the sha256/size of a verified `Packages` index; stored
-//!   once. A file no verified index describes is passed through unstored.
+//!   once. A path no index read so far describes is looked up in the `Packages` indices of the
+//!   source's configured suites, components and architectures (fetched and verified first if
+//!   need be). A file none of them lists is passed through unstored, one shared upstream
+//!   download per path however many clients ask.
 
+mod pool;
 mod releases;
 
 use crate::digest::Sha256;
@@ -17,6 +21,7 @@ use crate::flight::{Failure, Flight, Progress};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::packages::{self, PoolEntry};
+use crate::passthrough::PassFlight;
 use crate::path::MirrorPath;
 use crate::refs::{PathRecord, Refs};
 use crate::release::SuiteRelease;
@@ -26,7 +31,8 @@ use aptgate_config::{MirrorConfig, SourceConfig, SourceName};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 use tokio::sync::watch;
 use tracing::warn;
@@ -56,6 +62,10 @@ pub enum SetupError {
 struct Source {
     config: SourceConfig,
     keyring: Keyring,
+    /// One round of reading the configured indices at a time (see `pool.rs`), and how many
+    /// rounds have completed, so a request that waited for a round does not start another.
+    index_lock: tokio::sync::Mutex<()>,
+    index_rounds: AtomicU64,
 }
 
 impl Source {
@@ -74,8 +84,9 @@ pub enum Resolved {
     Blob { digest: Sha256, stale: bool },
     /// A download under way; the body streams as it arrives.
     Streaming(Arc<Flight>),
-    /// An upstream response passed through unstored (no verified index describes the file).
-    PassThrough(reqwest::Response),
+    /// A file no configured index lists: streamed from upstream unstored, one download shared
+    /// by every concurrent request for the path.
+    PassThrough(Arc<PassFlight>),
 }
 
 /// The mirror's state, shared by all requests.
@@ -91,10 +102,14 @@ pub struct Mirror {
     release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
     pool: RwLock<HashMap<SourceName, HashMap<String, PoolEntry>>>,
-    /// Index blobs already read into `pool`, and sources whose stored indices were loaded.
-    indices_read: Mutex<HashSet<Sha256>>,
+    /// Index blobs read (or being read) into `pool`, and sources whose stored indices were
+    /// loaded.
+    indices_read: Mutex<HashMap<Sha256, Arc<tokio::sync::OnceCell<()>>>>,
     sources_loaded: tokio::sync::Mutex<HashSet<SourceName>>,
     not_found: Mutex<HashMap<(SourceName, String), Instant>>,
+    /// Pass-through downloads under way, by source and path; weak, so a flight whose clients
+    /// all hung up is not joined.
+    pass_flights: Mutex<HashMap<(SourceName, String), Weak<PassFlight>>>,
 }
 
 impl Mirror {
@@ -119,6 +134,8 @@ impl Mirror {
                 Source {
                     config: source.clone(),
                     keyring,
+                    index_lock: tokio::sync::Mutex::default(),
+                    index_rounds: AtomicU64::default(),
                 },
             );
         }
@@ -140,6 +157,7 @@ impl Mirror {
             indices_read: Mutex::default(),
             sources_loaded: tokio::sync::Mutex::default(),
             not_found: Mutex::default(),
+            pass_flights: Mutex::default(),
         }))
     }
 
@@ -316,103 +334,6 @@ impl Mirror {
         self.blob_or_fetch(name, source, &path, digest, size).await
     }
 
-    // ---- pool files ---------------------------------------------------------------------
-
-    async fn pool_file(
-        self: &Arc<Self>,
-        name: &SourceName,
-        source: &Source,
-        path: &str,
-    ) -> Result<Resolved, MirrorError> {
-        // The verified indices first (loaded from the store once per process), then the
-        // record of an earlier download.
-        let mut expected = self.pool_entry(name, path);
-        if expected.is_none() && self.load_stored_indices(name).await {
-            expected = self.pool_entry(name, path);
-        }
-        if expected.is_none() {
-            expected = self.refs.get(name, path).await.map(|r| PoolEntry {
-                sha256: r.sha256,
-                size: r.size,
-            });
-        }
-        match expected {
-            Some(e) => {
-                self.blob_or_fetch(name, source, path, e.sha256, e.size)
-                    .await
-            }
-            None => self.pass_through(name, source, path).await,
-        }
-    }
-
-    fn pool_entry(&self, name: &SourceName, path: &str) -> Option<PoolEntry> {
-        self.pool
-            .read()
-            .expect("lock poisoned")
-            .get(name)
-            .and_then(|m| m.get(path).copied())
-    }
-
-    /// Reads the `Packages` indices this source has in the store (once per process), so pool
-    /// files can be checked after a restart. Returns whether this call loaded them.
-    async fn load_stored_indices(&self, name: &SourceName) -> bool {
-        let mut loaded = self.sources_loaded.lock().await;
-        if !loaded.insert(name.clone()) {
-            return false;
-        }
-        let Some(source) = self.sources.get(name) else {
-            return false;
-        };
-        let dists = self.refs.source_dir(name).join("dists");
-        let Ok(suites) = fs_err::read_dir(&dists) else {
-            return true;
-        };
-        for suite in suites.flatten() {
-            let Some(suite) = suite.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Some(release) = self.load_stored_release(name, source, &suite).await else {
-                continue;
-            };
-            for (path, (digest, _)) in &release.files {
-                if packages::is_packages_index(path) && self.store.contains(digest) {
-                    self.read_index(name, path, *digest).await;
-                }
-            }
-        }
-        true
-    }
-
-    /// Adds the pool files a stored `Packages` index describes to the expectations.
-    async fn read_index(&self, name: &SourceName, path: &str, digest: Sha256) {
-        if !self
-            .indices_read
-            .lock()
-            .expect("lock poisoned")
-            .insert(digest)
-        {
-            return;
-        }
-        let blob = self.store.blob_path(&digest);
-        let file_name = path.to_owned();
-        let entries = tokio::task::spawn_blocking(move || {
-            let bytes = fs_err::read(blob)?;
-            Ok::<_, std::io::Error>(packages::pool_entries(&packages::decompress(
-                &file_name, &bytes,
-            )?))
-        })
-        .await;
-        match entries {
-            Ok(Ok(entries)) => {
-                let mut pool = self.pool.write().expect("lock poisoned");
-                let map = pool.entry(name.clone()).or_default();
-                map.extend(entries);
-            }
-            Ok(Err(e)) => warn!(source = %name, path, error = %e, "cannot read stored index"),
-            Err(e) => warn!(source = %name, path, error = %e, "index reader panicked"),
-        }
-    }
-
     // ---- fetching -----------------------------------------------------------------------
 
     /// Serves a blob from the store, or joins or starts its download.
@@ -546,36 +467,6 @@ impl Mirror {
         };
         if let Err(e) = self.refs.put(name, path, &record).await {
             warn!(source = %name, path, error = %e, "cannot record pool file");
-        }
-    }
-
-    /// Streams a file that no verified index describes straight from upstream, unstored.
-    async fn pass_through(
-        &self,
-        name: &SourceName,
-        source: &Source,
-        path: &str,
-    ) -> Result<Resolved, MirrorError> {
-        self.check_not_found(name, path)?;
-        let url = source.url(path);
-        Metrics::inc(&self.metrics.upstream_fetches);
-        let response = self.client.get(&url).send().await.map_err(|e| {
-            Metrics::inc(&self.metrics.upstream_errors);
-            MirrorError::Upstream {
-                url: url.clone(),
-                reason: upstream::describe(&e),
-            }
-        })?;
-        match response.status() {
-            reqwest::StatusCode::OK => Ok(Resolved::PassThrough(response)),
-            reqwest::StatusCode::NOT_FOUND => {
-                self.remember_not_found(name, path);
-                Err(MirrorError::NotFound { what: path.into() })
-            }
-            status => Err(MirrorError::Upstream {
-                url,
-                reason: format!("answered {status}"),
-            }),
         }
     }
 
