@@ -10,6 +10,7 @@ pub mod metrics;
 mod mirror;
 pub mod origins;
 pub mod packages;
+pub mod passthrough;
 pub mod path;
 pub mod refs;
 pub mod release;

@@ -7,7 +7,13 @@
 //! * other `dists/<suite>/…` files: must be listed in the suite's verified Release; stored and
 //!   served by the digest it names (so `by-hash/` costs nothing extra).
 //! * `pool/…` files: checked against the sha256/size of a verified `Packages` index; stored
-//!   once. A file no verified index describes is passed through unstored.
+//!   once. A path no index read so far describes is looked up in the `Packages` indices of the
+//!   source's configured suites, components and architectures (fetched and verified first if
+//!   need be). A file none of them lists is passed through unstored, one shared upstream
+//!   download per path however many clients ask.
+
+mod pool;
+mod releases;
 
 use crate::digest::Sha256;
 use crate::error::MirrorError;
@@ -15,6 +21,7 @@ use crate::flight::{Failure, Flight, Progress};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::packages::{self, PoolEntry};
+use crate::passthrough::PassFlight;
 use crate::path::MirrorPath;
 use crate::refs::{PathRecord, Refs};
 use crate::release::SuiteRelease;
@@ -24,13 +31,11 @@ use aptgate_config::{MirrorConfig, SourceConfig, SourceName};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 use tokio::sync::watch;
-use tracing::{info, warn};
-
-/// The largest `InRelease`/`Release`/`Release.gpg` we accept (Debian's are ~150 KB).
-const MAX_RELEASE_BYTES: usize = 32 << 20;
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -57,6 +62,10 @@ pub enum SetupError {
 pub(crate) struct Source {
     pub(crate) config: SourceConfig,
     keyring: Keyring,
+    /// One round of reading the configured indices at a time (see `pool.rs`), and how many
+    /// rounds have completed, so a request that waited for a round does not start another.
+    index_lock: tokio::sync::Mutex<()>,
+    index_rounds: AtomicU64,
 }
 
 impl Source {
@@ -75,8 +84,9 @@ pub enum Resolved {
     Blob { digest: Sha256, stale: bool },
     /// A download under way; the body streams as it arrives.
     Streaming(Arc<Flight>),
-    /// An upstream response passed through unstored (no verified index describes the file).
-    PassThrough(reqwest::Response),
+    /// A file no configured index lists: streamed from upstream unstored, one download shared
+    /// by every concurrent request for the path.
+    PassThrough(Arc<PassFlight>),
 }
 
 /// The mirror's state, shared by all requests.
@@ -92,10 +102,14 @@ pub struct Mirror {
     release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
     pool: RwLock<HashMap<SourceName, HashMap<String, PoolEntry>>>,
-    /// Index blobs already read into `pool`, and sources whose stored indices were loaded.
-    indices_read: Mutex<HashSet<Sha256>>,
+    /// Index blobs read (or being read) into `pool`, and sources whose stored indices were
+    /// loaded.
+    indices_read: Mutex<HashMap<Sha256, Arc<tokio::sync::OnceCell<()>>>>,
     sources_loaded: tokio::sync::Mutex<HashSet<SourceName>>,
     not_found: Mutex<HashMap<(SourceName, String), Instant>>,
+    /// Pass-through downloads under way, by source and path; weak, so a flight whose clients
+    /// all hung up is not joined.
+    pass_flights: Mutex<HashMap<(SourceName, String), Weak<PassFlight>>>,
 }
 
 impl Mirror {
@@ -120,6 +134,8 @@ impl Mirror {
                 Source {
                     config: source.clone(),
                     keyring,
+                    index_lock: tokio::sync::Mutex::default(),
+                    index_rounds: AtomicU64::default(),
                 },
             );
         }
@@ -141,6 +157,7 @@ impl Mirror {
             indices_read: Mutex::default(),
             sources_loaded: tokio::sync::Mutex::default(),
             not_found: Mutex::default(),
+            pass_flights: Mutex::default(),
         }))
     }
 
@@ -291,291 +308,6 @@ impl Mirror {
             })
     }
 
-    // ---- release files ------------------------------------------------------------------
-
-    /// Returns the record of a verified release file and whether it is served stale.
-    async fn release_file(
-        &self,
-        name: &SourceName,
-        source: &Source,
-        suite: &str,
-        file: &str,
-        force: bool,
-    ) -> Result<(PathRecord, bool), MirrorError> {
-        let path = format!("dists/{suite}/{file}");
-        // `Release` and `Release.gpg` are fetched, verified and stored as a pair.
-        let lead = if file == "InRelease" {
-            path.clone()
-        } else {
-            format!("dists/{suite}/Release")
-        };
-        let lock = {
-            let mut locks = self.release_locks.lock().expect("lock poisoned");
-            locks.entry(format!("{name}/{lead}")).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-
-        let cached = self
-            .refs
-            .get(name, &lead)
-            .await
-            .filter(|r| self.store.contains(&r.sha256));
-        let fresh = cached.as_ref().is_some_and(|r| {
-            now_secs() - r.fetched_at < self.config.release_freshness.as_secs() as i64
-        });
-        if force || !fresh {
-            self.revalidate_release(name, source, suite, &lead, cached.as_ref())
-                .await?;
-        }
-        let record = self
-            .refs
-            .get(name, &path)
-            .await
-            .ok_or_else(|| MirrorError::NotFound { what: path.clone() })?;
-        let stale =
-            now_secs() - record.fetched_at >= self.config.release_freshness.as_secs() as i64;
-        Ok((record, stale))
-    }
-
-    /// Asks upstream whether `lead` (InRelease or Release) changed and stores a verified new
-    /// version. When upstream cannot be reached but a verified copy exists, keeps that copy.
-    async fn revalidate_release(
-        &self,
-        name: &SourceName,
-        source: &Source,
-        suite: &str,
-        lead: &str,
-        cached: Option<&PathRecord>,
-    ) -> Result<(), MirrorError> {
-        let url = source.url(lead);
-        let mut request = self.client.get(&url);
-        if let Some(cached) = cached {
-            if let Some(etag) = &cached.etag {
-                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
-            }
-            if let Some(lm) = &cached.last_modified {
-                request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
-            }
-        }
-        Metrics::inc(&self.metrics.upstream_fetches);
-        let unreachable = |reason: String| {
-            Metrics::inc(&self.metrics.upstream_errors);
-            match cached {
-                Some(_) => {
-                    Metrics::inc(&self.metrics.stale_served);
-                    warn!(source = %name, %url, %reason, "upstream unreachable; serving the cached copy stale");
-                    Ok(())
-                }
-                None => Err(MirrorError::Upstream {
-                    url: url.clone(),
-                    reason,
-                }),
-            }
-        };
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return unreachable(upstream::describe(&e)),
-        };
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            if let Some(cached) = cached {
-                return self.touch(name, lead, cached).await;
-            }
-        }
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return match cached {
-                Some(_) => unreachable("answered 404 for a file it served before".into()),
-                None => Err(MirrorError::NotFound { what: lead.into() }),
-            };
-        }
-        if status != reqwest::StatusCode::OK {
-            return unreachable(format!("answered {status}"));
-        }
-        let etag = header(&response, reqwest::header::ETAG);
-        let last_modified = header(&response, reqwest::header::LAST_MODIFIED);
-        let body = match read_limited(response, MAX_RELEASE_BYTES).await {
-            Ok(b) => b,
-            Err(reason) => return unreachable(reason),
-        };
-
-        let verify_error = |reason: String| {
-            Metrics::inc(&self.metrics.upstream_errors);
-            warn!(source = %name, %url, %reason, "refusing upstream release file");
-            MirrorError::Verification {
-                url: url.clone(),
-                reason,
-            }
-        };
-        let text = String::from_utf8(body.clone())
-            .map_err(|_| verify_error("not valid UTF-8 text".into()))?;
-        // For a Release, also fetch its detached signature; both are stored or neither.
-        let (signed_text, signature) = if lead.ends_with("/InRelease") {
-            let signed = source
-                .keyring
-                .verify_cleartext(&text)
-                .map_err(|e| verify_error(e.to_string()))?;
-            (signed, None)
-        } else {
-            let sig_url = format!("{url}.gpg");
-            Metrics::inc(&self.metrics.upstream_fetches);
-            let sig = match self.client.get(&sig_url).send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => {
-                    read_limited(r, MAX_RELEASE_BYTES).await
-                }
-                Ok(r) => Err(format!("{sig_url} answered {}", r.status())),
-                Err(e) => Err(upstream::describe(&e)),
-            };
-            let sig = match sig {
-                Ok(sig) => sig,
-                Err(reason) => return unreachable(reason),
-            };
-            source
-                .keyring
-                .verify_detached(&body, &sig)
-                .map_err(|e| verify_error(e.to_string()))?;
-            (text, Some(sig))
-        };
-        let release = SuiteRelease::parse(&signed_text).map_err(|e| verify_error(e.to_string()))?;
-        release
-            .check_dates(chrono::Utc::now())
-            .map_err(|e| verify_error(e.to_string()))?;
-
-        if let Some(cached) = cached {
-            if let Some(old) = self.suite_release_cached(name, suite).await {
-                if release.date < old.date {
-                    warn!(source = %name, %url, new = %release.date, cached = %old.date,
-                        "upstream release is older than the cached one; keeping the cached one");
-                    return self.touch(name, lead, cached).await;
-                }
-            }
-        }
-
-        let now = now_secs();
-        let digest = self
-            .store
-            .insert(&body, Expected::default())
-            .await
-            .map_err(MirrorError::internal)?;
-        let record = PathRecord {
-            sha256: digest,
-            size: body.len() as u64,
-            fetched_at: now,
-            etag,
-            last_modified,
-        };
-        if let Some(sig) = signature {
-            let sig_digest = self
-                .store
-                .insert(&sig, Expected::default())
-                .await
-                .map_err(MirrorError::internal)?;
-            let sig_record = PathRecord {
-                sha256: sig_digest,
-                size: sig.len() as u64,
-                fetched_at: now,
-                etag: None,
-                last_modified: None,
-            };
-            self.refs
-                .put(name, &format!("{lead}.gpg"), &sig_record)
-                .await
-                .map_err(MirrorError::internal)?;
-        }
-        self.refs
-            .put(name, lead, &record)
-            .await
-            .map_err(MirrorError::internal)?;
-        if cached.map(|c| c.sha256) != Some(digest) {
-            info!(source = %name, suite, date = %release.date, "new verified release");
-        }
-        self.releases
-            .write()
-            .expect("lock poisoned")
-            .insert((name.clone(), suite.to_owned()), Arc::new(release));
-        Ok(())
-    }
-
-    /// Records that upstream confirmed a cached release file (and its signature) just now.
-    async fn touch(
-        &self,
-        name: &SourceName,
-        lead: &str,
-        cached: &PathRecord,
-    ) -> Result<(), MirrorError> {
-        let now = now_secs();
-        let mut paths = vec![lead.to_owned()];
-        if lead.ends_with("/Release") {
-            paths.push(format!("{lead}.gpg"));
-        }
-        for path in paths {
-            let record = if path == lead {
-                Some(cached.clone())
-            } else {
-                self.refs.get(name, &path).await
-            };
-            if let Some(mut record) = record {
-                record.fetched_at = now;
-                self.refs
-                    .put(name, &path, &record)
-                    .await
-                    .map_err(MirrorError::internal)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The suite's verified Release as last stored, without asking upstream.
-    async fn suite_release_cached(
-        &self,
-        name: &SourceName,
-        suite: &str,
-    ) -> Option<Arc<SuiteRelease>> {
-        let key = (name.clone(), suite.to_owned());
-        if let Some(r) = self.releases.read().expect("lock poisoned").get(&key) {
-            return Some(r.clone());
-        }
-        let source = self.sources.get(name)?;
-        let release = self.load_stored_release(name, source, suite).await?;
-        let release = Arc::new(release);
-        self.releases
-            .write()
-            .expect("lock poisoned")
-            .insert(key, release.clone());
-        Some(release)
-    }
-
-    /// Re-reads a stored release file; its signature is checked again, since the store on
-    /// disk is only as trustworthy as its last `store verify`.
-    pub(crate) async fn load_stored_release(
-        &self,
-        name: &SourceName,
-        source: &Source,
-        suite: &str,
-    ) -> Option<SuiteRelease> {
-        if let Some(record) = self
-            .refs
-            .get(name, &format!("dists/{suite}/InRelease"))
-            .await
-        {
-            let bytes = self.store.read(&record.sha256).await.ok()?;
-            let text = String::from_utf8(bytes).ok()?;
-            let signed = source.keyring.verify_cleartext(&text).ok()?;
-            return SuiteRelease::parse(&signed).ok();
-        }
-        let record = self
-            .refs
-            .get(name, &format!("dists/{suite}/Release"))
-            .await?;
-        let sig = self
-            .refs
-            .get(name, &format!("dists/{suite}/Release.gpg"))
-            .await?;
-        let bytes = self.store.read(&record.sha256).await.ok()?;
-        let sig = self.store.read(&sig.sha256).await.ok()?;
-        source.keyring.verify_detached(&bytes, &sig).ok()?;
-        SuiteRelease::parse(&String::from_utf8(bytes).ok()?).ok()
-    }
-
     // ---- index files --------------------------------------------------------------------
 
     async fn index_file(
@@ -604,103 +336,6 @@ impl Mirror {
         })?;
         let path = format!("dists/{suite}/{rest}");
         self.blob_or_fetch(name, source, &path, digest, size).await
-    }
-
-    // ---- pool files ---------------------------------------------------------------------
-
-    async fn pool_file(
-        self: &Arc<Self>,
-        name: &SourceName,
-        source: &Source,
-        path: &str,
-    ) -> Result<Resolved, MirrorError> {
-        // The verified indices first (loaded from the store once per process), then the
-        // record of an earlier download.
-        let mut expected = self.pool_entry(name, path);
-        if expected.is_none() && self.load_stored_indices(name).await {
-            expected = self.pool_entry(name, path);
-        }
-        if expected.is_none() {
-            expected = self.refs.get(name, path).await.map(|r| PoolEntry {
-                sha256: r.sha256,
-                size: r.size,
-            });
-        }
-        match expected {
-            Some(e) => {
-                self.blob_or_fetch(name, source, path, e.sha256, e.size)
-                    .await
-            }
-            None => self.pass_through(name, source, path).await,
-        }
-    }
-
-    fn pool_entry(&self, name: &SourceName, path: &str) -> Option<PoolEntry> {
-        self.pool
-            .read()
-            .expect("lock poisoned")
-            .get(name)
-            .and_then(|m| m.get(path).copied())
-    }
-
-    /// Reads the `Packages` indices this source has in the store (once per process), so pool
-    /// files can be checked after a restart. Returns whether this call loaded them.
-    async fn load_stored_indices(&self, name: &SourceName) -> bool {
-        let mut loaded = self.sources_loaded.lock().await;
-        if !loaded.insert(name.clone()) {
-            return false;
-        }
-        let Some(source) = self.sources.get(name) else {
-            return false;
-        };
-        let dists = self.refs.source_dir(name).join("dists");
-        let Ok(suites) = fs_err::read_dir(&dists) else {
-            return true;
-        };
-        for suite in suites.flatten() {
-            let Some(suite) = suite.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Some(release) = self.load_stored_release(name, source, &suite).await else {
-                continue;
-            };
-            for (path, (digest, _)) in &release.files {
-                if packages::is_packages_index(path) && self.store.contains(digest) {
-                    self.read_index(name, path, *digest).await;
-                }
-            }
-        }
-        true
-    }
-
-    /// Adds the pool files a stored `Packages` index describes to the expectations.
-    async fn read_index(&self, name: &SourceName, path: &str, digest: Sha256) {
-        if !self
-            .indices_read
-            .lock()
-            .expect("lock poisoned")
-            .insert(digest)
-        {
-            return;
-        }
-        let blob = self.store.blob_path(&digest);
-        let file_name = path.to_owned();
-        let entries = tokio::task::spawn_blocking(move || {
-            let bytes = fs_err::read(blob)?;
-            Ok::<_, std::io::Error>(packages::pool_entries(&packages::decompress(
-                &file_name, &bytes,
-            )?))
-        })
-        .await;
-        match entries {
-            Ok(Ok(entries)) => {
-                let mut pool = self.pool.write().expect("lock poisoned");
-                let map = pool.entry(name.clone()).or_default();
-                map.extend(entries);
-            }
-            Ok(Err(e)) => warn!(source = %name, path, error = %e, "cannot read stored index"),
-            Err(e) => warn!(source = %name, path, error = %e, "index reader panicked"),
-        }
     }
 
     // ---- fetching -----------------------------------------------------------------------
@@ -860,36 +495,6 @@ impl Mirror {
         }
     }
 
-    /// Streams a file that no verified index describes straight from upstream, unstored.
-    async fn pass_through(
-        &self,
-        name: &SourceName,
-        source: &Source,
-        path: &str,
-    ) -> Result<Resolved, MirrorError> {
-        self.check_not_found(name, path)?;
-        let url = source.url(path);
-        Metrics::inc(&self.metrics.upstream_fetches);
-        let response = self.client.get(&url).send().await.map_err(|e| {
-            Metrics::inc(&self.metrics.upstream_errors);
-            MirrorError::Upstream {
-                url: url.clone(),
-                reason: upstream::describe(&e),
-            }
-        })?;
-        match response.status() {
-            reqwest::StatusCode::OK => Ok(Resolved::PassThrough(response)),
-            reqwest::StatusCode::NOT_FOUND => {
-                self.remember_not_found(name, path);
-                Err(MirrorError::NotFound { what: path.into() })
-            }
-            status => Err(MirrorError::Upstream {
-                url,
-                reason: format!("answered {status}"),
-            }),
-        }
-    }
-
     fn check_not_found(&self, name: &SourceName, path: &str) -> Result<(), MirrorError> {
         let mut not_found = self.not_found.lock().expect("lock poisoned");
         let key = (name.clone(), path.to_owned());
@@ -932,25 +537,4 @@ impl DownloadFailure {
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| upstream::describe(&e))?;
-        if body.len() + chunk.len() > limit {
-            return Err(format!("larger than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

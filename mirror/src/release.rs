@@ -94,6 +94,15 @@ impl SuiteRelease {
         }
         self.files.get(rest).copied()
     }
+
+    /// The `Packages` index of `<component>/binary-<arch>` this Release lists, below
+    /// `dists/<suite>/`: `.xz` if listed, else `.gz`, else plain (the smallest first).
+    pub fn packages_index(&self, component: &str, arch: &str) -> Option<String> {
+        ["Packages.xz", "Packages.gz", "Packages"]
+            .iter()
+            .map(|f| format!("{component}/binary-{arch}/{f}"))
+            .find(|p| self.files.contains_key(p))
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +124,11 @@ ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3 main/binary-a
         );
         assert_eq!(r.expect("main/binary-amd64/Packages.xz"), None);
         assert_eq!(r.expect("main/binary-amd64/by-hash/SHA256/00"), None);
+        assert_eq!(
+            r.packages_index("main", "amd64").as_deref(),
+            Some("main/binary-amd64/Packages")
+        );
+        assert_eq!(r.packages_index("main", "arm64"), None);
     }
 
     #[test]

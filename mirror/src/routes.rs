@@ -6,7 +6,7 @@ use crate::path::MirrorPath;
 use crate::small;
 use axum::body::Body;
 use axum::extract::{FromRef, Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -130,23 +130,18 @@ pub async fn respond(
             headers.insert("x-aptgate-cache", HeaderValue::from_static("miss"));
             r
         }
-        Ok(Resolved::PassThrough(upstream)) => {
-            let mut r = Response::builder().status(StatusCode::OK);
-            for name in [
-                header::CONTENT_LENGTH,
-                header::CONTENT_TYPE,
-                header::LAST_MODIFIED,
-            ] {
-                if let Some(v) = upstream.headers().get(&name) {
-                    r = r.header(name, v);
-                }
-            }
+        Ok(Resolved::PassThrough(flight)) => {
+            let head = match flight.started().await {
+                Ok(head) => head.clone(),
+                Err(e) => return e.into_response(),
+            };
             let body = if request.method() == Method::HEAD {
                 Body::empty()
             } else {
-                Body::from_stream(upstream.bytes_stream())
+                Body::from_stream(flight.body())
             };
-            let mut r = r.body(body).expect("valid response parts");
+            let mut r = Response::new(body);
+            r.headers_mut().extend(head);
             r.headers_mut()
                 .insert("x-aptgate-cache", HeaderValue::from_static("bypass"));
             return r;

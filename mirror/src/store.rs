@@ -4,7 +4,8 @@
 //! <store>/
 //!   FORMAT                 "aptgate-store 1": the layout version below
 //!   blobs/sha256/ab/abcdef…  one file per blob, named by its full hex digest
-//!   tmp/                   blobs being written; never served from here by path, emptied at open
+//!   tmp/                   blobs being written and pass-through scratch files; never served
+//!                          from here by path, emptied at open
 //!   quarantine/            blobs that failed `aptgate store verify`, kept for inspection
 //! ```
 //!
@@ -110,13 +111,18 @@ impl Store {
         fs_err::tokio::read(self.blob_path(digest)).await
     }
 
+    /// A fresh name under `tmp/`, for a file being written; whatever is left there is removed
+    /// when the store is next opened.
+    pub fn new_tmp_path(&self) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}.part", std::process::id()))
+    }
+
     /// Starts writing a blob; bytes go to a temp file until [`BlobWriter::finish`] checks them.
     pub fn writer(&self, expected: Expected) -> Result<BlobWriter, StoreError> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = self
-            .root
-            .join("tmp")
-            .join(format!("{}-{n}.part", std::process::id()));
+        let tmp_path = self.new_tmp_path();
         let file = fs_err::tokio::File::from_std(fs_err::File::create(&tmp_path)?);
         Ok(BlobWriter {
             store: self.clone(),

@@ -94,7 +94,11 @@ async fn retain_used_promotions_fetch_nothing_and_hosts_fetch_on_demand(backend:
         .await
         .unwrap()
         .assert_success();
-    assert_eq!(s.upstream.count(&utils.pool_path), 1, "served from the store");
+    assert_eq!(
+        s.upstream.count(&utils.pool_path),
+        1,
+        "served from the store"
+    );
 }
 
 async fn referenced_packages_leaving_upstream_are_rescued(backend: Backend) {
