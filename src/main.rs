@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// glibc's malloc keeps what a large sync or promotion freed in per-thread arenas (measured:
+/// 164 → 486 MiB over six promotion/rollback cycles at 60k packages); mimalloc returns it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use aptgate_config::{load, LoadOptions, Override};
 use clap::{Parser, Subcommand};

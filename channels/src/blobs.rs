@@ -9,6 +9,17 @@ use aptgate_mirror::{Expected, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// An index's text, read from the store (blocking: for work off the async workers).
+pub(crate) fn read_text(store: &aptgate_mirror::Store, blob: &BlobRef) -> Result<String> {
+    let corrupt = |reason: String| ChannelsError::CorruptBlob {
+        what: "index",
+        digest: blob.sha256.to_hex(),
+        reason,
+    };
+    let bytes = fs_err::read(store.blob_path(&blob.sha256)).map_err(|e| corrupt(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+}
+
 /// Index texts of a manifest, read once per call.
 pub(crate) type Texts = HashMap<Sha256, Arc<String>>;
 
@@ -92,7 +103,7 @@ impl Channels {
                     what: format!("index {}", files.plain.sha256),
                     source,
                 })?;
-                PackageTable::from_stanzas(&stanzas)
+                PackageTable::from_stanzas(&text, &stanzas)
             }
         };
         let table = Arc::new(table);
@@ -109,9 +120,12 @@ impl Channels {
 
     /// Stores a rendered index, its compressed forms and its package table.
     pub(crate) async fn index_files(&self, text: String, packages: u64) -> Result<IndexFiles> {
-        let (xz, gz) = tokio::task::spawn_blocking({
-            let text = text.clone();
-            move || (index::xz(text.as_bytes()), index::gzip(text.as_bytes()))
+        // Compressing and parsing a full suite's index takes a while: off the async workers.
+        let (text, xz, gz, table) = tokio::task::spawn_blocking(move || {
+            let (xz, gz) = (index::xz(text.as_bytes()), index::gzip(text.as_bytes()));
+            let table =
+                index::parse(&text).map(|stanzas| PackageTable::from_stanzas(&text, &stanzas));
+            (text, xz, gz, table)
         })
         .await
         .expect("compression does not panic");
@@ -119,14 +133,12 @@ impl Channels {
             what: "compressing an index".into(),
             source,
         };
-        let table = {
-            let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
-                what: "rendered index".into(),
-                source,
-            })?;
-            PackageTable::from_stanzas(&stanzas)
-        };
+        let table = table.map_err(|source| ChannelsError::Index {
+            what: "rendered index".into(),
+            source,
+        })?;
         let plain = self.put_blob(text.as_bytes()).await?;
+        drop(text);
         Ok(IndexFiles {
             packages,
             table: Some(self.put_table(&plain, table).await?),

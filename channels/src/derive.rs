@@ -1,11 +1,12 @@
 //! Derived manifests: a base with some packages taken from another manifest (holds,
 //! selective promotions, `snapshot pull`) and the dependencies those need.
 
-use crate::blobs::*;
+use crate::blobs::read_text;
 use crate::error::{ChannelsError, Result};
 use crate::index::{self, Relation, Stanza};
 use crate::manifest::*;
 use crate::service::*;
+use aptgate_mirror::Store;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 impl Channels {
@@ -18,37 +19,61 @@ impl Channels {
         other: &Manifest,
         take: &HashMap<(String, String), HashSet<String>>,
     ) -> Result<Manifest> {
-        let mut texts = Texts::new();
         let mut out = base.clone();
         for ((suite, key), names) in take {
-            if names.is_empty() {
-                continue;
-            }
             let Some(base_files) = base.suites.get(suite).and_then(|s| s.indices.get(key)) else {
                 continue;
             };
-            let base_text = self.text(&mut texts, &base_files.plain).await?;
-            let other_text = match other.suites.get(suite).and_then(|s| s.indices.get(key)) {
-                Some(f) => Some(self.text(&mut texts, &f.plain).await?),
-                None => None,
-            };
-            let index_error = |source| ChannelsError::Index {
-                what: format!("{suite} {key}"),
-                source,
-            };
-            let base_stanzas = index::parse(&base_text).map_err(index_error)?;
-            let other_stanzas = match &other_text {
-                Some(t) => index::parse(t).map_err(index_error)?,
-                None => Vec::new(),
-            };
-            let kept = base_stanzas.iter().filter(|s| !names.contains(s.name));
-            let taken = other_stanzas.iter().filter(|s| names.contains(s.name));
-            let stanzas: Vec<&Stanza> = kept.chain(taken).collect();
-            let rendered = index::render(stanzas.iter().map(|s| s.text));
-            if rendered.as_bytes() == base_text.as_bytes() {
+            let other_files = other.suites.get(suite).and_then(|s| s.indices.get(key));
+            // Which stanzas go and which come, from the package tables: the index texts are
+            // only sliced, never parsed.
+            let base_table = self.table(base_files).await?;
+            let mut dropped: HashSet<u64> = HashSet::new();
+            for name in names {
+                dropped.extend(base_table.named(name).map(|r| r.offset));
+            }
+            let mut taken: Vec<(u64, u64)> = Vec::new();
+            if let Some(f) = other_files {
+                let other_table = self.table(f).await?;
+                for name in names {
+                    taken.extend(other_table.named(name).map(|r| (r.offset, r.length)));
+                }
+            }
+            if dropped.is_empty() && taken.is_empty() {
                 continue;
             }
-            let files = self.index_files(rendered, stanzas.len() as u64).await?;
+            let mut kept: Vec<(u64, u64)> = base_table
+                .rows()
+                .filter(|r| !dropped.contains(&r.offset))
+                .map(|r| (r.offset, r.length))
+                .collect();
+            kept.sort_unstable();
+            drop(base_table);
+            taken.sort_unstable();
+            let packages = (kept.len() + taken.len()) as u64;
+            // Assembled on one blocking thread: a full suite's index is tens of MB.
+            let store = self.store().clone();
+            let (base_blob, other_blob) = (base_files.plain, other_files.map(|f| f.plain));
+            let text = tokio::task::spawn_blocking(move || -> Result<String> {
+                let base_text = read_text(&store, &base_blob)?;
+                let mut out = String::with_capacity(base_text.len());
+                let mut push = |stanza: &str| {
+                    out.push_str(stanza);
+                    out.push_str("\n\n");
+                };
+                for (offset, length) in kept {
+                    push(slice(&base_text, offset, length, &base_blob)?);
+                }
+                if let Some(other_blob) = other_blob {
+                    for stanza in read_ranges(&store, &other_blob, &taken)? {
+                        push(&stanza);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .expect("assembling an index does not panic")?;
+            let files = self.index_files(text, packages).await?;
             out.suites
                 .get_mut(suite)
                 .expect("suite exists in base")
@@ -67,28 +92,42 @@ impl Channels {
         source: &Manifest,
         names: &[String],
     ) -> Result<(HashMap<(String, String), HashSet<String>>, BTreeSet<String>)> {
-        let mut texts = Texts::new();
         let mut take = HashMap::new();
         let mut found = BTreeSet::new();
         for (suite, sm) in &source.suites {
             for (key, files) in &sm.indices {
-                let src_text = self.text(&mut texts, &files.plain).await?;
-                let src = index::parse(&src_text).map_err(|source| ChannelsError::Index {
-                    what: format!("{suite} {key}"),
-                    source,
-                })?;
-                let tgt_text = match target.suites.get(suite).and_then(|s| s.indices.get(key)) {
-                    Some(f) => Some(self.text(&mut texts, &f.plain).await?),
-                    None => None,
-                };
-                let tgt = match &tgt_text {
-                    Some(t) => index::parse(t).map_err(|source| ChannelsError::Index {
-                        what: format!("{suite} {key}"),
+                // Only indices that have a requested package can pull anything.
+                let table = self.table(files).await?;
+                if !names.iter().any(|n| table.has_name(n)) {
+                    continue;
+                }
+                drop(table);
+                // One index at a time, on one blocking thread: a full suite's index texts
+                // are tens of MB each.
+                let (store, what) = (self.store().clone(), format!("{suite} {key}"));
+                let src_blob = files.plain;
+                let tgt_blob = target
+                    .suites
+                    .get(suite)
+                    .and_then(|s| s.indices.get(key))
+                    .map(|f| f.plain);
+                let names = names.to_vec();
+                let pulled = tokio::task::spawn_blocking(move || -> Result<HashSet<String>> {
+                    let src_text = read_text(&store, &src_blob)?;
+                    let tgt_text = tgt_blob.map(|b| read_text(&store, &b)).transpose()?;
+                    let index_error = |source| ChannelsError::Index {
+                        what: what.clone(),
                         source,
-                    })?,
-                    None => Vec::new(),
-                };
-                let pulled = pull_names(&tgt, &src, names);
+                    };
+                    let src = index::parse(&src_text).map_err(index_error)?;
+                    let tgt = match &tgt_text {
+                        Some(t) => index::parse(t).map_err(index_error)?,
+                        None => Vec::new(),
+                    };
+                    Ok(pull_names(&tgt, &src, &names))
+                })
+                .await
+                .expect("resolving dependencies does not panic")?;
                 found.extend(pulled.iter().cloned());
                 if !pulled.is_empty() {
                     take.insert((suite.clone(), key.clone()), pulled);
@@ -97,6 +136,39 @@ impl Channels {
         }
         Ok((take, found))
     }
+}
+
+/// A table's slice of an index text, checked to lie inside it.
+fn slice<'t>(text: &'t str, offset: u64, length: u64, blob: &BlobRef) -> Result<&'t str> {
+    let (start, end) = (offset as usize, (offset + length) as usize);
+    text.get(start..end)
+        .ok_or_else(|| ChannelsError::CorruptBlob {
+            what: "package table",
+            digest: blob.sha256.to_hex(),
+            reason: format!("stanza at {start}..{end} is outside its index"),
+        })
+}
+
+/// Reads stanzas by (offset, length) from a stored index without reading all of it.
+fn read_ranges(store: &Store, blob: &BlobRef, ranges: &[(u64, u64)]) -> Result<Vec<String>> {
+    use std::os::unix::fs::FileExt as _;
+    let corrupt = |reason: String| ChannelsError::CorruptBlob {
+        what: "index",
+        digest: blob.sha256.to_hex(),
+        reason,
+    };
+    let file =
+        fs_err::File::open(store.blob_path(&blob.sha256)).map_err(|e| corrupt(e.to_string()))?;
+    ranges
+        .iter()
+        .map(|&(offset, length)| {
+            let mut bytes = vec![0; length as usize];
+            file.file()
+                .read_exact_at(&mut bytes, offset)
+                .map_err(|e| corrupt(e.to_string()))?;
+            String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+        })
+        .collect()
 }
 
 /// Within one index: the names to take from `source` so that `names` (those it has) and the

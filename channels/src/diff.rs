@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::index;
 use crate::manifest::*;
 use crate::service::*;
-use crate::table::{PackageTable, Row};
+use crate::table::PackageTable;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -51,7 +51,7 @@ impl Channels {
     /// package name and architecture at its highest version across the suite's indices.
     /// Only indices whose digests differ are compared — a merge walk of their sorted package
     /// tables — and the suite's other indices are consulted only for the names that changed,
-    /// so moving a channel between snapshots that share most indices costs little.
+    /// so moving a channel costs a walk over what changed, never a parse.
     pub async fn diff_manifests(&self, a: &Manifest, b: &Manifest) -> Result<Diff> {
         let mut diff = Diff::default();
         let none = BTreeMap::new();
@@ -74,7 +74,9 @@ impl Channels {
                     Some(f) => Some(self.table(f).await?),
                     None => None,
                 };
-                names_that_differ(ta.as_deref(), tb.as_deref(), &mut changed);
+                PackageTable::keys_that_differ(ta.as_deref(), tb.as_deref(), |name, arch| {
+                    changed.insert((name.to_owned(), arch.to_owned()));
+                });
             }
             if changed.is_empty() {
                 continue;
@@ -83,6 +85,9 @@ impl Channels {
             for (name, arch) in changed {
                 let from = highest(&tables_a, &name, &arch);
                 let to = highest(&tables_b, &name, &arch);
+                if from == to {
+                    continue;
+                }
                 let change = Change {
                     suite: suite.clone(),
                     name,
@@ -105,13 +110,15 @@ impl Channels {
         Ok(diff)
     }
 
+    /// The tables of a suite's indices, with the architecture each index is for.
     async fn tables_of(
         &self,
         indices: &BTreeMap<String, IndexFiles>,
-    ) -> Result<Vec<Arc<PackageTable>>> {
+    ) -> Result<Vec<(String, Arc<PackageTable>)>> {
         let mut tables = Vec::with_capacity(indices.len());
-        for files in indices.values() {
-            tables.push(self.table(files).await?);
+        for (key, files) in indices {
+            let arch = key.rsplit("binary-").next().unwrap_or_default().to_owned();
+            tables.push((arch, self.table(files).await?));
         }
         Ok(tables)
     }
@@ -124,53 +131,13 @@ impl Channels {
     }
 }
 
-/// Adds to `out` every (name, architecture) whose newest version differs between two tables
-/// of the same index, or that only one lists: one walk over both, in their sorted order.
-fn names_that_differ(
-    a: Option<&PackageTable>,
-    b: Option<&PackageTable>,
-    out: &mut BTreeSet<(String, String)>,
-) {
-    let mut ia = a.into_iter().flat_map(|t| t.newest()).peekable();
-    let mut ib = b.into_iter().flat_map(|t| t.newest()).peekable();
-    let key = |r: &Row<'_>| (r.name.to_owned(), r.architecture.to_owned());
-    loop {
-        match (ia.peek(), ib.peek()) {
-            (None, None) => break,
-            (Some(x), None) => {
-                out.insert(key(x));
-                ia.next();
-            }
-            (None, Some(y)) => {
-                out.insert(key(y));
-                ib.next();
-            }
-            (Some(x), Some(y)) => match (x.name, x.architecture).cmp(&(y.name, y.architecture)) {
-                Ordering::Less => {
-                    out.insert(key(x));
-                    ia.next();
-                }
-                Ordering::Greater => {
-                    out.insert(key(y));
-                    ib.next();
-                }
-                Ordering::Equal => {
-                    if x.version != y.version {
-                        out.insert(key(x));
-                    }
-                    ia.next();
-                    ib.next();
-                }
-            },
-        }
-    }
-}
-
-/// The highest version of a package any of the tables lists.
-fn highest(tables: &[Arc<PackageTable>], name: &str, arch: &str) -> Option<String> {
+/// The highest version of a package any of the tables lists. A package of one architecture
+/// is only looked for in that architecture's indices; `all` in every one.
+fn highest(tables: &[(String, Arc<PackageTable>)], name: &str, arch: &str) -> Option<String> {
     tables
         .iter()
-        .flat_map(|t| t.find(name, arch))
+        .filter(|(index_arch, _)| arch == "all" || index_arch == arch)
+        .flat_map(|(_, t)| t.find(name, arch))
         .map(|r| r.version)
         .max_by(|x, y| index::compare_versions(x, y))
         .map(str::to_owned)

@@ -4,7 +4,6 @@
 //! suites (tens of MB). Each stanza keeps its raw text, so a rendered index repeats upstream's
 //! stanzas byte for byte.
 
-use debversion::Version;
 use std::io::Write;
 
 /// One package as a `Packages` index describes it.
@@ -112,12 +111,85 @@ pub fn xz(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
-/// dpkg's ordering of two version strings; unparsable versions sort as plain strings.
+/// dpkg's ordering of two version strings: `[epoch:]upstream[-revision]`, epochs as numbers,
+/// the rest by dpkg's `verrevcmp` (`~` before everything, even the end; letters before other
+/// characters; digit runs as numbers). Written out here, not parsed by a crate, because it
+/// runs for every changed package of every diff (a regex-based parse cost more than the
+/// rest of a promotion) and must be exactly dpkg's (`tests/tests/version_order.rs` checks it
+/// against `dpkg --compare-versions`).
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.parse::<Version>(), b.parse::<Version>()) {
-        (Ok(a), Ok(b)) => a.cmp(&b),
-        _ => a.cmp(b),
+    let (ea, ua, ra) = split_version(a);
+    let (eb, ub, rb) = split_version(b);
+    ea.cmp(&eb)
+        .then_with(|| verrevcmp(ua, ub))
+        .then_with(|| verrevcmp(ra, rb))
+}
+
+/// (epoch, upstream, revision) as dpkg splits them: the epoch before the first `:`, the
+/// revision after the last `-` (missing: empty, which compares equal to `0`).
+fn split_version(v: &str) -> (u64, &[u8], &[u8]) {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, rest)) if !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()) => {
+            (e.parse().unwrap_or(u64::MAX), rest)
+        }
+        _ => (0, v),
+    };
+    match rest.rsplit_once('-') {
+        Some((upstream, revision)) => (epoch, upstream.as_bytes(), revision.as_bytes()),
+        None => (epoch, rest.as_bytes(), b""),
     }
+}
+
+/// dpkg's `order()`: digits and the end sort as 0, `~` before them, letters by code, other
+/// characters after letters.
+fn order(c: Option<u8>) -> i32 {
+    match c {
+        None => 0,
+        Some(c) if c.is_ascii_digit() => 0,
+        Some(c) if c.is_ascii_alphabetic() => i32::from(c),
+        Some(b'~') => -1,
+        Some(c) => i32::from(c) + 256,
+    }
+}
+
+fn verrevcmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (mut i, mut j) = (0, 0);
+    let at = |s: &[u8], k: usize| s.get(k).copied();
+    let digit = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_digit());
+    while i < a.len() || j < b.len() {
+        while (i < a.len() && !digit(at(a, i))) || (j < b.len() && !digit(at(b, j))) {
+            let (ac, bc) = (order(at(a, i)), order(at(b, j)));
+            if ac != bc {
+                return ac.cmp(&bc);
+            }
+            i += 1;
+            j += 1;
+        }
+        while at(a, i) == Some(b'0') {
+            i += 1;
+        }
+        while at(b, j) == Some(b'0') {
+            j += 1;
+        }
+        let mut first_diff = std::cmp::Ordering::Equal;
+        while digit(at(a, i)) && digit(at(b, j)) {
+            if first_diff.is_eq() {
+                first_diff = at(a, i).cmp(&at(b, j));
+            }
+            i += 1;
+            j += 1;
+        }
+        if digit(at(a, i)) {
+            return std::cmp::Ordering::Greater;
+        }
+        if digit(at(b, j)) {
+            return std::cmp::Ordering::Less;
+        }
+        if !first_diff.is_eq() {
+            return first_diff;
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// One alternative of a dependency: `name (op version)`, `:arch` qualifiers dropped. Also one
@@ -272,6 +344,28 @@ mod tests {
         assert_eq!(parsed[1].source, "b");
         assert_eq!(parsed[1].size, 10);
         assert_eq!(render(parsed.iter().map(|s| s.text)), text);
+    }
+
+    #[test]
+    fn versions_order_like_dpkg() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("1.0", "1.0-0", Equal),
+            ("1.0-1", "1.0-1+deb12u1", Less),
+            ("1.0-1+deb12u1", "1.0-1~bpo12+1", Greater),
+            ("1.0~rc1", "1.0", Less),
+            ("1.0~~", "1.0~", Less),
+            ("1:0.9", "2.0", Greater),
+            ("1.0a", "1.0", Greater),
+            ("1.0+dfsg", "1.0a", Greater),
+            ("1.00", "1.0", Equal),
+            ("1.10", "1.9", Greater),
+            ("2.10-3", "2.12.1-1", Less),
+            ("0:1.0", "1.0", Equal),
+        ] {
+            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
 use crate::manifest::*;
 use crate::service::*;
+use aptgate_mirror::batch::Wanted;
 use aptgate_mirror::origins::join_url;
 use aptgate_mirror::{MirrorError, Sha256};
 use futures::StreamExt as _;
@@ -221,68 +222,95 @@ impl Channels {
         }
     }
 
-    /// Stores packages, `FETCH_CONCURRENCY` at a time, each from its origin (`origin`, or
-    /// the one the catalog recorded) or that source's fallbacks. Returns how many were
-    /// stored and, for the others, why not.
+    /// Stores packages, `FETCH_CONCURRENCY` downloads at a time and in batches (see
+    /// `aptgate_mirror::batch`), each from its origin (`origin`, or the one the catalog
+    /// recorded); what upstream no longer has is tried at that source's fallback origins.
+    /// Returns how many were stored and, for the others, why not.
     pub(crate) async fn store_packages(
         &self,
         wanted: Vec<Leaver>,
         origin: Option<&str>,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<(u64, Vec<(Leaver, String)>)> {
-        let origins: HashMap<String, String> = match origin {
-            Some(_) => HashMap::new(),
+        let mut by_origin: BTreeMap<String, Vec<Leaver>> = BTreeMap::new();
+        match origin {
+            Some(origin) => {
+                by_origin.insert(origin.to_owned(), wanted);
+            }
             None => {
                 let digests: Vec<String> = wanted.iter().map(|w| w.sha256.to_hex()).collect();
-                self.catalog
+                let origins: HashMap<String, String> = self
+                    .catalog
                     .package_origins(&digests)
                     .await?
                     .into_iter()
                     .map(|(sha, origin, _)| (sha, origin))
-                    .collect()
-            }
-        };
-        let total = wanted.len();
-        let mut results = futures::stream::iter(wanted)
-            .map(|w| {
-                let origin = origin
-                    .map(str::to_owned)
-                    .or_else(|| origins.get(&w.sha256.to_hex()).cloned())
-                    .filter(|o| !o.is_empty());
-                async move {
-                    let outcome = match &origin {
-                        Some(origin) => self.store_package(origin, &w).await,
-                        None => Err(format!("{}: no upstream source recorded", w.filename)),
-                    };
-                    (w, outcome)
+                    .collect();
+                for w in wanted {
+                    let origin = origins.get(&w.sha256.to_hex()).cloned().unwrap_or_default();
+                    by_origin.entry(origin).or_default().push(w);
                 }
-            })
-            .buffer_unordered(FETCH_CONCURRENCY);
-        let (mut done, mut fetched, mut failures) = (0, 0u64, Vec::new());
-        while let Some((w, outcome)) = results.next().await {
-            done += 1;
-            match outcome {
-                Ok(()) => fetched += 1,
-                Err(why) => failures.push((w, why)),
             }
-            if done % 100 == 0 || done == total {
-                progress(&format!("fetched {done} of {total} packages"));
+        }
+        let total: usize = by_origin.values().map(Vec::len).sum();
+        let (mut fetched, mut failures) = (0u64, Vec::new());
+        for (origin, wanted) in by_origin {
+            if origin.is_empty() {
+                failures.extend(wanted.into_iter().map(|w| {
+                    let why = format!("{}: no upstream source recorded", w.filename);
+                    (w, why)
+                }));
+                continue;
+            }
+            let count = wanted.len() as u64;
+            let leavers: HashMap<Sha256, Leaver> =
+                wanted.iter().map(|w| (w.sha256, w.clone())).collect();
+            let batch: Vec<Wanted> = wanted
+                .into_iter()
+                .map(|w| Wanted {
+                    path: w.filename,
+                    digest: w.sha256,
+                    size: w.size,
+                })
+                .collect();
+            let report = |done: usize, _: usize| {
+                if done % 1000 == 0 || done == total {
+                    progress(&format!("stored {done} of {total} packages"));
+                }
+            };
+            let upstream_failed = self
+                .mirror
+                .store_many(&origin, batch, FETCH_CONCURRENCY, &report)
+                .await;
+            fetched += count - upstream_failed.len() as u64;
+            // Upstream failed these: their source's fallbacks, one by one.
+            let mut retries = futures::stream::iter(upstream_failed)
+                .map(|(w, upstream)| {
+                    let leaver = leavers[&w.digest].clone();
+                    let origin = origin.clone();
+                    async move {
+                        let outcome = self.store_from_fallbacks(&origin, &leaver, &upstream).await;
+                        (leaver, outcome)
+                    }
+                })
+                .buffer_unordered(FETCH_CONCURRENCY);
+            while let Some((leaver, outcome)) = retries.next().await {
+                match outcome {
+                    Ok(()) => fetched += 1,
+                    Err(why) => failures.push((leaver, why)),
+                }
             }
         }
         Ok((fetched, failures))
     }
 
-    /// One package into the store: from `origin`'s upstream, else from its fallback origins
-    /// in order; every copy is checked against the recorded sha256 and size.
-    pub(crate) async fn store_package(&self, origin: &str, w: &Leaver) -> Result<(), String> {
-        let upstream = match self
-            .mirror
-            .store_blob(origin, &w.filename, w.sha256, w.size)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
+    /// After upstream failed with `upstream`: the package from `origin`'s fallback origins.
+    async fn store_from_fallbacks(
+        &self,
+        origin: &str,
+        w: &Leaver,
+        upstream: &MirrorError,
+    ) -> Result<(), String> {
         let mut tried = Vec::new();
         for url in self.fallback_urls(origin, &w.sha256, &w.filename).await {
             match self.mirror.store_blob_at(&url, w.sha256, w.size).await {
@@ -290,7 +318,7 @@ impl Channels {
                 Err(e) => tried.push(format!("{url}: {}", short(&e))),
             }
         }
-        let mut why = format!("{} (from {origin}): {}", w.filename, short(&upstream));
+        let mut why = format!("{} (from {origin}): {}", w.filename, short(upstream));
         if !tried.is_empty() {
             why.push_str(&format!("; fallbacks: {}", tried.join("; ")));
         }

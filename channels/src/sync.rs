@@ -336,7 +336,7 @@ impl Channels {
                 index::parse(&text).map_err(|source| ChannelsError::Index { what, source })?;
             let packages: Vec<NewPackage> =
                 stanzas.iter().map(|s| new_package(s, &origin)).collect();
-            let table = PackageTable::from_stanzas(&stanzas);
+            let table = PackageTable::from_stanzas(&text, &stanzas);
             drop(stanzas);
             Ok((text, packages, table))
         })
@@ -416,7 +416,9 @@ pub(crate) fn new_package(s: &index::Stanza, origin: &str) -> NewPackage {
         source: s.source.to_owned(),
         size: s.size,
         pool_path: s.filename.to_owned(),
-        control: s.text.to_owned(),
+        // The stanza is in the snapshot's index blobs; a copy per row would make recording a
+        // suite write its whole text to the catalog again.
+        control: String::new(),
         origin: origin.to_owned(),
     }
 }

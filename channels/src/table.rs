@@ -6,11 +6,13 @@
 //! a fraction of a parse, and two tables compare with one merge walk.
 //!
 //! Format 1 (UTF-8 text, one line per package, sorted by the line's bytes, so by name, then
-//! architecture, then version string):
+//! architecture, then version string). `offset` and `length` say where the package's stanza
+//! is in the index (bytes, without the blank line after it), so a derived index is assembled
+//! from slices instead of a parse:
 //!
 //! ```text
 //! aptgate-table 1
-//! <name>\t<architecture>\t<version>\t<source>\t<sha256 hex>\t<size>\t<Filename>
+//! <name>\t<architecture>\t<version>\t<source>\t<sha256 hex>\t<size>\t<offset>\t<length>\t<Filename>
 //! ```
 
 use crate::index::Stanza;
@@ -38,17 +40,24 @@ pub struct Row<'a> {
     /// Lowercase hex.
     pub sha256: &'a str,
     pub size: u64,
+    /// Where the stanza is in the index text (bytes).
+    pub offset: u64,
+    pub length: u64,
     pub filename: &'a str,
 }
+
+/// Tabs per line: nine fields.
+const TABS: usize = 8;
 
 /// Where a row's fields lie in the table text.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     start: u32,
-    /// The offsets of the six tabs.
-    tabs: [u32; 6],
+    tabs: [u32; TABS],
     end: u32,
     size: u64,
+    offset: u64,
+    length: u64,
 }
 
 /// A parsed table: the text and where each row is, plus a filename order built on first use.
@@ -60,30 +69,40 @@ pub struct PackageTable {
 }
 
 impl PackageTable {
-    /// The table of an index's stanzas.
-    pub fn from_stanzas(stanzas: &[Stanza<'_>]) -> Self {
-        let mut lines: Vec<String> = stanzas
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                    s.name,
-                    s.architecture,
-                    s.version,
-                    s.source,
-                    s.sha256.to_ascii_lowercase(),
-                    s.size,
-                    s.filename
-                )
-            })
-            .collect();
-        lines.sort_unstable();
-        lines.dedup();
-        let mut text =
-            String::with_capacity(HEADER.len() + lines.iter().map(String::len).sum::<usize>());
+    /// The table of an index: `stanzas` as `index::parse` found them in `text`.
+    pub fn from_stanzas(text: &str, stanzas: &[Stanza<'_>]) -> Self {
+        let base = text.as_ptr() as usize;
+        let line = |s: &Stanza<'_>| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                s.name,
+                s.architecture,
+                s.version,
+                s.source,
+                s.sha256.to_ascii_lowercase(),
+                s.size,
+                s.text.as_ptr() as usize - base,
+                s.text.len(),
+                s.filename
+            )
+        };
+        // Sorted as the lines will be (the tab sorts below every character a field holds),
+        // without making every line first.
+        let mut order: Vec<&Stanza<'_>> = stanzas.iter().collect();
+        order.sort_unstable_by(|a, b| {
+            (a.name, a.architecture, a.version, a.source)
+                .cmp(&(b.name, b.architecture, b.version, b.source))
+                .then_with(|| line(a).cmp(&line(b)))
+        });
+        let mut text = String::with_capacity(HEADER.len() + stanzas.len() * 160);
         text.push_str(HEADER);
-        for line in lines {
-            text.push_str(&line);
+        let mut last = String::new();
+        for s in order {
+            let l = line(s);
+            if l != last {
+                text.push_str(&l);
+                last = l;
+            }
         }
         Self::parse(text).expect("a rendered table parses")
     }
@@ -98,24 +117,28 @@ impl PackageTable {
         let mut offset = HEADER.len();
         for (i, line) in body.split_terminator('\n').enumerate() {
             let error = |why| TableError { line: i + 2, why };
-            let mut tabs = [0u32; 6];
+            let mut tabs = [0u32; TABS];
             let mut n = 0;
             for (at, b) in line.bytes().enumerate() {
                 if b == b'\t' {
-                    if n == 6 {
-                        return Err(error("more than seven fields"));
+                    if n == TABS {
+                        return Err(error("more than nine fields"));
                     }
                     tabs[n] = (offset + at) as u32;
                     n += 1;
                 }
             }
-            if n != 6 {
-                return Err(error("fewer than seven fields"));
+            if n != TABS {
+                return Err(error("fewer than nine fields"));
             }
-            let size_field = &text[tabs[4] as usize + 1..tabs[5] as usize];
-            let size = size_field
-                .parse()
-                .map_err(|_| error("size is not a number"))?;
+            let number = |field: usize, what| {
+                text[tabs[field - 1] as usize + 1..tabs[field] as usize]
+                    .parse::<u64>()
+                    .map_err(|_| error(what))
+            };
+            let size = number(5, "size is not a number")?;
+            let stanza_offset = number(6, "offset is not a number")?;
+            let length = number(7, "length is not a number")?;
             if tabs[4] - tabs[3] != 65 {
                 return Err(error("sha256 is not 64 hex characters"));
             }
@@ -124,6 +147,8 @@ impl PackageTable {
                 tabs,
                 end: (offset + line.len()) as u32,
                 size,
+                offset: stanza_offset,
+                length,
             });
             offset += line.len() + 1;
         }
@@ -170,7 +195,72 @@ impl PackageTable {
             source: field(s.tabs[2] + 1, s.tabs[3]),
             sha256: field(s.tabs[3] + 1, s.tabs[4]),
             size: s.size,
-            filename: field(s.tabs[5] + 1, s.end),
+            offset: s.offset,
+            length: s.length,
+            filename: field(s.tabs[TABS - 1] + 1, s.end),
+        }
+    }
+
+    /// A row's name and architecture only (what lookups compare).
+    fn key(&self, i: usize) -> (&str, &str) {
+        let s = &self.spans[i];
+        (
+            &self.text[s.start as usize..s.tabs[0] as usize],
+            &self.text[s.tabs[0] as usize + 1..s.tabs[1] as usize],
+        )
+    }
+
+    /// A row's name, architecture, version, source and sha256 as one slice: equal slices are
+    /// the same package file, wherever its stanza sits in the index.
+    fn identity(&self, i: usize) -> &str {
+        let s = &self.spans[i];
+        &self.text[s.start as usize..s.tabs[4] as usize]
+    }
+
+    /// Calls `changed(name, architecture)` for every package name and architecture whose rows
+    /// differ between two tables of the same index (a version added, removed or replaced),
+    /// in order, possibly more than once. One walk over both; rows that are the same file on
+    /// both sides cost one comparison.
+    pub fn keys_that_differ<'t>(
+        a: Option<&'t PackageTable>,
+        b: Option<&'t PackageTable>,
+        mut changed: impl FnMut(&'t str, &'t str),
+    ) {
+        let (la, lb) = (a.map_or(0, |t| t.len()), b.map_or(0, |t| t.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < la || j < lb {
+            if i < la && j < lb {
+                let (ta, tb) = (a.expect("rows"), b.expect("rows"));
+                if ta.identity(i) == tb.identity(j) {
+                    i += 1;
+                    j += 1;
+                    continue;
+                }
+                let (ka, kb) = (ta.key(i), tb.key(j));
+                match ka.cmp(&kb) {
+                    Ordering::Less => {
+                        changed(ka.0, ka.1);
+                        i += 1;
+                    }
+                    Ordering::Greater => {
+                        changed(kb.0, kb.1);
+                        j += 1;
+                    }
+                    Ordering::Equal => {
+                        changed(ka.0, ka.1);
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            } else if i < la {
+                let k = a.expect("rows").key(i);
+                changed(k.0, k.1);
+                i += 1;
+            } else {
+                let k = b.expect("rows").key(j);
+                changed(k.0, k.1);
+                j += 1;
+            }
         }
     }
 
@@ -181,12 +271,20 @@ impl PackageTable {
     /// The rows of one package name and architecture (usually one; an index may list
     /// several versions).
     pub fn find(&self, name: &str, architecture: &str) -> impl Iterator<Item = Row<'_>> + '_ {
-        let key = |i: usize| {
-            let r = self.row(i);
-            (r.name, r.architecture)
-        };
-        let first = partition(self.spans.len(), |i| key(i) < (name, architecture));
-        let last = partition(self.spans.len(), |i| key(i) <= (name, architecture));
+        let first = partition(self.spans.len(), |i| self.key(i) < (name, architecture));
+        let last = partition(self.spans.len(), |i| self.key(i) <= (name, architecture));
+        (first..last).map(|i| self.row(i))
+    }
+
+    /// Whether any row is a package of this name.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.named(name).next().is_some()
+    }
+
+    /// The rows of packages of this name, every architecture and version.
+    pub fn named(&self, name: &str) -> impl Iterator<Item = Row<'_>> + '_ {
+        let first = partition(self.spans.len(), |i| self.key(i).0 < name);
+        let last = partition(self.spans.len(), |i| self.key(i).0 <= name);
         (first..last).map(|i| self.row(i))
     }
 
@@ -205,29 +303,6 @@ impl PackageTable {
             .binary_search_by(|i| self.row(*i as usize).filename.cmp(path))
             .ok()?;
         Some(self.row(order[at] as usize))
-    }
-
-    /// Per (name, architecture), the highest version (dpkg ordering), in table order.
-    pub fn newest(&self) -> impl Iterator<Item = Row<'_>> + '_ {
-        let mut i = 0;
-        std::iter::from_fn(move || {
-            if i >= self.spans.len() {
-                return None;
-            }
-            let mut best = self.row(i);
-            i += 1;
-            while i < self.spans.len() {
-                let r = self.row(i);
-                if (r.name, r.architecture) != (best.name, best.architecture) {
-                    break;
-                }
-                if crate::index::compare_versions(r.version, best.version) == Ordering::Greater {
-                    best = r;
-                }
-                i += 1;
-            }
-            Some(best)
-        })
     }
 }
 
@@ -317,7 +392,7 @@ mod tests {
 
     fn table(stanzas: &[String]) -> PackageTable {
         let text = index::render(stanzas.iter().map(String::as_str));
-        PackageTable::from_stanzas(&index::parse(&text).unwrap())
+        PackageTable::from_stanzas(&text, &index::parse(&text).unwrap())
     }
 
     #[test]
@@ -348,17 +423,53 @@ mod tests {
         let again = PackageTable::parse(t.text().to_owned()).unwrap();
         assert_eq!(again.len(), 6);
         assert_eq!(again.row(5).size, 10);
+
         assert_eq!(again.find("foo", "amd64").count(), 3);
         assert_eq!(again.find("foo", "i386").count(), 0);
+        assert!(again.has_name("foo") && again.has_name("zlib1g") && again.has_name("foo-bar"));
+        assert!(!again.has_name("fo") && !again.has_name("foo-") && !again.has_name("zz"));
         assert_eq!(
             again.find("zlib1g", "amd64").next().unwrap().version,
             "1:1.2.13"
         );
-        let newest: Vec<_> = again.newest().map(|r| r.version).collect();
-        assert_eq!(newest, ["1.0-10", "1.0-1", "2", "1:1.2.13"]);
         let hit = again.by_filename("pool/main/foo-bar_2_all.deb").unwrap();
         assert_eq!(hit.name, "foo-bar");
         assert!(again.by_filename("pool/main/nothing.deb").is_none());
+    }
+
+    #[test]
+    fn keys_that_differ_walks_both_tables_once() {
+        let a = table(&[
+            stanza("a", "1", "amd64"),
+            stanza("b", "1", "amd64"),
+            stanza("c", "1", "amd64"),
+        ]);
+        let b = table(&[
+            stanza("a", "1", "amd64"),
+            stanza("b", "2", "amd64"),
+            stanza("d", "1", "amd64"),
+        ]);
+        let mut keys = Vec::new();
+        PackageTable::keys_that_differ(Some(&a), Some(&b), |n, _| keys.push(n.to_owned()));
+        assert_eq!(keys, ["b", "c", "d"]);
+        keys.clear();
+        PackageTable::keys_that_differ(None, Some(&b), |n, _| keys.push(n.to_owned()));
+        assert_eq!(keys, ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn rows_say_where_their_stanzas_are() {
+        let stanzas = [stanza("zlib1g", "1", "amd64"), stanza("foo", "2", "all")];
+        let text = index::render(stanzas.iter().map(String::as_str));
+        let table = PackageTable::from_stanzas(&text, &index::parse(&text).unwrap());
+        for row in table.rows() {
+            let at = &text[row.offset as usize..(row.offset + row.length) as usize];
+            assert!(
+                at.starts_with(&format!("Package: {}\nVersion: {}", row.name, row.version)),
+                "{at}"
+            );
+            assert!(at.ends_with(row.sha256));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The pull-through mirror: upstream sources, verification, the content-addressed store and the
 //! `/mirror/<source>/…` routes that plain apt talks to.
 
+pub mod batch;
 pub mod digest;
 pub mod error;
 pub mod flight;
@@ -25,4 +26,4 @@ pub use live::MirrorRoots;
 pub use mirror::{Mirror, Resolved, SetupError};
 pub use origins::Probe;
 pub use routes::routes;
-pub use store::{BlobInfo, Expected, Store, StoreError};
+pub use store::{BlobInfo, Expected, Pending, Store, StoreError};

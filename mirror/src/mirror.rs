@@ -105,6 +105,10 @@ pub struct Mirror {
     /// Index blobs read (or being read) into `pool`, and sources whose stored indices were
     /// loaded.
     indices_read: Mutex<HashMap<Sha256, Arc<tokio::sync::OnceCell<()>>>>,
+    /// `Packages` indices stored but not read yet: read on the next pool miss, not when
+    /// stored (a sync stores every index and parses it itself; reading them again at once
+    /// would decompress each twice).
+    unread: Mutex<Vec<(SourceName, String, Sha256)>>,
     sources_loaded: tokio::sync::Mutex<HashSet<SourceName>>,
     not_found: Mutex<HashMap<(SourceName, String), Instant>>,
     /// Pass-through downloads under way, by source and path; weak, so a flight whose clients
@@ -155,6 +159,7 @@ impl Mirror {
             releases: RwLock::default(),
             pool: RwLock::default(),
             indices_read: Mutex::default(),
+            unread: Mutex::default(),
             sources_loaded: tokio::sync::Mutex::default(),
             not_found: Mutex::default(),
             pass_flights: Mutex::default(),
@@ -478,7 +483,11 @@ impl Mirror {
         if path.starts_with("pool/") {
             self.record_pool(name, path, digest, size).await;
         } else if packages::is_packages_index(path) {
-            self.read_index(name, path, digest).await;
+            self.unread.lock().expect("lock poisoned").push((
+                name.clone(),
+                path.to_owned(),
+                digest,
+            ));
         }
     }
 

@@ -21,6 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
+mod batch;
+
+pub use batch::Pending;
+
 const FORMAT: &str = "aptgate-store 1";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,9 @@ pub struct Store {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Directories under `tmp/` that files being written are spread over.
+const TMP_DIRS: u64 = 16;
+
 impl Store {
     /// Opens (creating if needed) the store at `root` and clears leftovers of interrupted writes.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -86,7 +93,15 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         for entry in fs_err::read_dir(root.join("tmp"))? {
-            let _ = fs_err::remove_file(entry?.path());
+            let path = entry?.path();
+            let _ = if path.is_dir() {
+                fs_err::remove_dir_all(&path)
+            } else {
+                fs_err::remove_file(&path)
+            };
+        }
+        for spread in 0..TMP_DIRS {
+            fs_err::create_dir_all(root.join(format!("tmp/{spread:02x}")))?;
         }
         Ok(Self {
             root,
@@ -111,12 +126,26 @@ impl Store {
         fs_err::tokio::read(self.blob_path(digest)).await
     }
 
+    /// Files under `tmp/`: blobs being written, or left by a crash until the next open.
+    pub fn tmp_files(&self) -> usize {
+        fs_err::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match fs_err::read_dir(e.path()) {
+                Ok(files) => files.count(),
+                Err(_) => 1,
+            })
+            .sum()
+    }
+
     /// A fresh name under `tmp/`, for a file being written; whatever is left there is removed
-    /// when the store is next opened.
+    /// when the store is next opened. Spread over a few directories: files created by many
+    /// downloads at once would otherwise all wait for one directory's lock.
     pub fn new_tmp_path(&self) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root
-            .join("tmp")
+            .join(format!("tmp/{:02x}", n % TMP_DIRS))
             .join(format!("{}-{n}.part", std::process::id()))
     }
 
@@ -399,7 +428,7 @@ mod tests {
         let long = store.insert(b"hello!", Expected::exactly(d, 5)).await;
         assert!(matches!(long, Err(StoreError::TooLong { .. })));
         // Nothing of the failed writes is left behind.
-        assert_eq!(fs_err::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(store.tmp_files(), 0);
     }
 
     #[tokio::test]
@@ -451,8 +480,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         Store::open(dir.path()).unwrap();
         fs_err::write(dir.path().join("tmp/left-over.part"), b"half").unwrap();
-        Store::open(dir.path()).unwrap();
-        assert_eq!(fs_err::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        fs_err::write(dir.path().join("tmp/03/left-over.part"), b"half").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tmp_files(), 0);
         fs_err::write(dir.path().join("FORMAT"), "aptgate-store 99\n").unwrap();
         assert!(matches!(
             Store::open(dir.path()),

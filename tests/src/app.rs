@@ -121,9 +121,7 @@ impl TestApp {
 
     /// Files left in the store's temp directory (should be none once downloads end).
     pub fn tmp_files(&self) -> usize {
-        fs_err::read_dir(self.data_dir().join("store/tmp"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.state.mirror.store().tmp_files()
     }
 
     pub fn metrics(&self) -> String {

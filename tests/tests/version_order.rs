@@ -1,10 +1,13 @@
-//! `debversion`'s ordering must be dpkg's: promotion rules and "newest version" decisions are
-//! made with it, and apt will disagree with any other order. (`debian-packaging` 0.18's own
-//! ordering does not match dpkg for `+deb12u1` against `~bpo12+1`, which is why we use
-//! `debversion`.) Each case spawns dpkg three times, so the case count stays small.
+//! aptgate's version ordering (`aptgate_channels::index::compare_versions`, dpkg's algorithm
+//! written out) must be dpkg's: promotion rules, diffs and "newest version" decisions are made
+//! with it, and apt will disagree with any other order. `debversion`'s is checked too: it
+//! differs from dpkg where a version part ends in a non-digit (pinned below), and
+//! `debian-packaging` 0.18's does not match dpkg for `+deb12u1` against `~bpo12+1`. Each case
+//! spawns dpkg three times, so the case count stays small.
 
 use std::{cmp::Ordering, process::Command};
 
+use aptgate_channels::index::compare_versions;
 use debversion::Version;
 use proptest::prelude::*;
 
@@ -103,6 +106,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
+    fn aptgate_orders_like_dpkg((a, b) in pair()) {
+        prop_assert_eq!(compare_versions(&a, &b), dpkg_order(&a, &b), "{} vs {}", a, b);
+    }
+
+    #[test]
     fn debversion_orders_like_dpkg((a, b) in pair()) {
         let dpkg = dpkg_order(&a, &b);
         if debversion_order(&a, &b) != dpkg {
@@ -139,6 +147,11 @@ fn debversion_divergence_on_trailing_zero() {
     ] {
         assert_ne!(debversion_order(a, b), dpkg_order(a, b), "{a} vs {b}");
         assert_eq!(
+            compare_versions(a, b),
+            dpkg_order(a, b),
+            "aptgate: {a} vs {b}"
+        );
+        assert_eq!(
             debversion_order(&zero_padded(a), &zero_padded(b)),
             dpkg_order(a, b),
             "{a} vs {b}"
@@ -160,5 +173,6 @@ fn known_cases_order_like_dpkg() {
     ] {
         assert_eq!(dpkg_order(a, b), expected, "dpkg: {a} vs {b}");
         assert_eq!(debversion_order(a, b), expected, "debversion: {a} vs {b}");
+        assert_eq!(compare_versions(a, b), expected, "aptgate: {a} vs {b}");
     }
 }

@@ -50,7 +50,8 @@ pub struct NewPackage {
     pub size: u64,
     /// Upstream `Filename:`.
     pub pool_path: String,
-    /// The raw control stanza.
+    /// The raw control stanza, if the recorder kept it (sync does not: the stanza is in the
+    /// snapshot's index blobs).
     pub control: String,
     /// The upstream source it was recorded from (where a channel fetches it on first demand).
     pub origin: String,

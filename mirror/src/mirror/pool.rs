@@ -25,6 +25,9 @@ impl Mirror {
         path: &str,
     ) -> Result<Resolved, MirrorError> {
         let mut expected = self.pool_entry(name, path);
+        if expected.is_none() && self.read_unread(name).await {
+            expected = self.pool_entry(name, path);
+        }
         if expected.is_none() && self.load_stored_indices(name).await {
             expected = self.pool_entry(name, path);
         }
@@ -56,6 +59,22 @@ impl Mirror {
             .expect("lock poisoned")
             .get(name)
             .and_then(|m| m.get(path).copied())
+    }
+
+    /// Reads the source's indices stored since the last miss; returns whether there were any.
+    async fn read_unread(&self, name: &SourceName) -> bool {
+        let pending: Vec<(String, Sha256)> = {
+            let mut unread = self.unread.lock().expect("lock poisoned");
+            let (mine, others) = unread.drain(..).partition(|(n, _, _)| n == name);
+            *unread = others;
+            mine.into_iter()
+                .map(|(_, path, digest)| (path, digest))
+                .collect()
+        };
+        for (path, digest) in &pending {
+            self.read_index(name, path, *digest).await;
+        }
+        !pending.is_empty()
     }
 
     /// Reads the `Packages` indices this source has in the store (once per process), so pool
