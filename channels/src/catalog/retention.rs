@@ -3,7 +3,7 @@
 //! of past snapshots. Written once for both backends.
 
 use super::model::*;
-use super::queries::{check_digest, SnapshotRow, SNAPSHOT_COLUMNS};
+use super::queries::{check_digest, in_list, is_sqlite, SnapshotRow, SNAPSHOT_COLUMNS};
 use super::{query, Result};
 use sqlx::{AnyConnection, FromRow};
 
@@ -123,11 +123,11 @@ pub async fn mark_packages_gone(
     last_seen: i64,
 ) -> Result<()> {
     for chunk in sha256s.chunks(500) {
-        // `$1` is last_seen; the digests follow.
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        // last_seen first, the digests after it (in this order: SQLite binds by position).
         let sql = format!(
-            "UPDATE packages SET last_seen = $1 WHERE sha256 IN ({})",
-            list.join(",")
+            "UPDATE packages SET last_seen = {} WHERE sha256 IN ({})",
+            if is_sqlite(conn) { "?" } else { "$1" },
+            in_list(conn, 2, chunk.len())
         );
         let mut q = sqlx::query(&sql).bind(last_seen);
         for sha in chunk {
@@ -148,10 +148,9 @@ pub async fn package_origins(
 ) -> Result<Vec<(String, String, Option<i64>)>> {
     let mut out = Vec::with_capacity(sha256s.len());
     for chunk in sha256s.chunks(500) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT sha256, origin, last_seen FROM packages WHERE sha256 IN ({})",
-            list.join(",")
+            in_list(conn, 1, chunk.len())
         );
         let mut q = sqlx::query_as::<_, (String, String, Option<i64>)>(&sql);
         for sha in chunk {
