@@ -9,15 +9,20 @@ use aptgate_mirror::{Expected, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A stored blob that cannot be read as what it should be.
+pub(crate) fn corrupt(what: &'static str, digest: &Sha256, reason: impl ToString) -> ChannelsError {
+    ChannelsError::CorruptBlob {
+        what,
+        digest: digest.to_hex(),
+        reason: reason.to_string(),
+    }
+}
+
 /// An index's text, read from the store (blocking: for work off the async workers).
 pub(crate) fn read_text(store: &aptgate_mirror::Store, blob: &BlobRef) -> Result<String> {
-    let corrupt = |reason: String| ChannelsError::CorruptBlob {
-        what: "index",
-        digest: blob.sha256.to_hex(),
-        reason,
-    };
-    let bytes = fs_err::read(store.blob_path(&blob.sha256)).map_err(|e| corrupt(e.to_string()))?;
-    String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+    let bytes = fs_err::read(store.blob_path(&blob.sha256))
+        .map_err(|e| corrupt("index", &blob.sha256, e))?;
+    String::from_utf8(bytes).map_err(|e| corrupt("index", &blob.sha256, e))
 }
 
 /// Index texts of a manifest, read once per call.
@@ -35,17 +40,22 @@ impl Channels {
         what: &'static str,
         digest: &Sha256,
     ) -> Result<T> {
-        let corrupt = |reason: String| ChannelsError::CorruptBlob {
-            what,
-            digest: digest.to_hex(),
-            reason,
-        };
         let bytes = self
             .store()
             .read(digest)
             .await
-            .map_err(|e| corrupt(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))
+            .map_err(|e| corrupt(what, digest, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(what, digest, e))
+    }
+
+    /// A stored blob as text.
+    async fn get_text(&self, what: &'static str, digest: &Sha256) -> Result<String> {
+        let bytes = self
+            .store()
+            .read(digest)
+            .await
+            .map_err(|e| corrupt(what, digest, e))?;
+        String::from_utf8(bytes).map_err(|e| corrupt(what, digest, e))
     }
 
     pub(crate) async fn put_blob(&self, bytes: &[u8]) -> Result<BlobRef> {
@@ -61,17 +71,7 @@ impl Channels {
         if let Some(t) = texts.get(&blob.sha256) {
             return Ok(t.clone());
         }
-        let corrupt = |reason: String| ChannelsError::CorruptBlob {
-            what: "index",
-            digest: blob.sha256.to_hex(),
-            reason,
-        };
-        let bytes = self
-            .store()
-            .read(&blob.sha256)
-            .await
-            .map_err(|e| corrupt(e.to_string()))?;
-        let text = Arc::new(String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?);
+        let text = Arc::new(self.get_text("index", &blob.sha256).await?);
         texts.insert(blob.sha256, text.clone());
         Ok(text)
     }
@@ -84,18 +84,8 @@ impl Channels {
         }
         let table = match &files.table {
             Some(blob) => {
-                let corrupt = |reason: String| ChannelsError::CorruptBlob {
-                    what: "package table",
-                    digest: blob.sha256.to_hex(),
-                    reason,
-                };
-                let bytes = self
-                    .store()
-                    .read(&blob.sha256)
-                    .await
-                    .map_err(|e| corrupt(e.to_string()))?;
-                let text = String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
-                PackageTable::parse(text).map_err(|e| corrupt(e.to_string()))?
+                let text = self.get_text("package table", &blob.sha256).await?;
+                PackageTable::parse(text).map_err(|e| corrupt("package table", &blob.sha256, e))?
             }
             None => {
                 let text = self.text(&mut Texts::new(), &files.plain).await?;

@@ -238,14 +238,9 @@ impl Channels {
                 by_origin.insert(origin.to_owned(), wanted);
             }
             None => {
-                let digests: Vec<String> = wanted.iter().map(|w| w.sha256.to_hex()).collect();
-                let origins: HashMap<String, String> = self
-                    .catalog
-                    .package_origins(&digests)
-                    .await?
-                    .into_iter()
-                    .map(|(sha, origin, _)| (sha, origin))
-                    .collect();
+                let origins = self
+                    .origins(wanted.iter().map(|w| w.sha256.to_hex()).collect())
+                    .await?;
                 for w in wanted {
                     let origin = origins.get(&w.sha256.to_hex()).cloned().unwrap_or_default();
                     by_origin.entry(origin).or_default().push(w);
@@ -302,6 +297,17 @@ impl Channels {
             }
         }
         Ok((fetched, failures))
+    }
+
+    /// The source each package was recorded from, by hex digest (unknown ones left out).
+    pub(crate) async fn origins(&self, digests: Vec<String>) -> Result<HashMap<String, String>> {
+        Ok(self
+            .catalog
+            .package_origins(&digests)
+            .await?
+            .into_iter()
+            .map(|(sha, origin, _)| (sha, origin))
+            .collect())
     }
 
     /// After upstream failed with `upstream`: the package from `origin`'s fallback origins.

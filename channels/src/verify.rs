@@ -8,7 +8,7 @@ use crate::retention::FETCH_CONCURRENCY;
 use crate::service::*;
 use aptgate_mirror::{Probe, Sha256};
 use futures::StreamExt as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use tracing::info;
 
 /// A package that is not in the store, and what was found of it.
@@ -86,14 +86,9 @@ impl Channels {
             .filter(|(d, _)| !self.store().contains(d))
             .collect();
         report.stored = report.packages - unstored.len() as u64;
-        let digests: Vec<String> = unstored.iter().map(|(d, _)| d.to_hex()).collect();
-        let origins: HashMap<String, String> = self
-            .catalog
-            .package_origins(&digests)
-            .await?
-            .into_iter()
-            .map(|(sha, origin, _)| (sha, origin))
-            .collect();
+        let origins = self
+            .origins(unstored.iter().map(|(d, _)| d.to_hex()).collect())
+            .await?;
         let total = unstored.len();
         let mut probes = futures::stream::iter(unstored)
             .map(|(digest, package)| {
