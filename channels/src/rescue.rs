@@ -79,14 +79,14 @@ impl Channels {
             "rescuing {} referenced package(s) that left {source}'s index",
             wanted.len()
         ));
-        let ok: Vec<Leaver> = wanted.clone();
+        let attempted: Vec<Sha256> = wanted.iter().map(|l| l.sha256).collect();
         let (rescued, failures) = self.store_packages(wanted, Some(source), progress).await?;
         report.rescued = rescued;
         report.failed = failures.len() as u64;
         let failed: HashSet<Sha256> = failures.iter().map(|(l, _)| l.sha256).collect();
-        for l in ok.iter().filter(|l| !failed.contains(&l.sha256)) {
-            if was_pending.contains(&l.sha256.to_hex()) {
-                self.catalog.rescue_done(&l.sha256.to_hex()).await?;
+        for digest in attempted.iter().filter(|d| !failed.contains(d)) {
+            if was_pending.contains(&digest.to_hex()) {
+                self.catalog.rescue_done(&digest.to_hex()).await?;
             }
         }
         let at = now();

@@ -2,7 +2,7 @@
 //! and an `approved` channel promoted from `testing`, hosts running real apt, on either catalog
 //! backend. Shared by the channel test files.
 
-use crate::app::{client, fixture_source, test_mirror_config, TestApp};
+use crate::app::{aptgate_command, client, fixture_source, test_mirror_config, TestApp};
 use crate::apt::AptRoot;
 use crate::db::{Backend, TestDatabase};
 use crate::fixture::{FixtureRepo, FixtureSpec};
@@ -219,4 +219,23 @@ macro_rules! both_backends {
             }
         }
     )*};
+}
+
+/// Runs the `aptgate` CLI against the test server; stdout, or stderr as the error.
+pub fn cli(s: &Setup, token: &str, args: &[&str]) -> Result<String, String> {
+    cli_at(&s.app.url, token, args)
+}
+
+/// Runs the `aptgate` CLI against the server at `url`; stdout, or stderr as the error.
+pub fn cli_at(url: &str, token: &str, args: &[&str]) -> Result<String, String> {
+    let out = aptgate_command()
+        .args(["--server", url, "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
