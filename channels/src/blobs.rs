@@ -82,18 +82,34 @@ impl Channels {
         if let Some(table) = self.tables.get(&files.plain.sha256) {
             return Ok(table);
         }
+        // Parsing a table (or, for manifests older than tables, the index) of a large suite
+        // takes milliseconds: off the async workers.
         let table = match &files.table {
             Some(blob) => {
-                let text = self.get_text("package table", &blob.sha256).await?;
-                PackageTable::parse(text).map_err(|e| corrupt("package table", &blob.sha256, e))?
+                let (text, digest) = (
+                    self.get_text("package table", &blob.sha256).await?,
+                    blob.sha256,
+                );
+                tokio::task::spawn_blocking(move || {
+                    PackageTable::parse(text).map_err(|e| corrupt("package table", &digest, e))
+                })
+                .await
+                .expect("parsing a table does not panic")?
             }
             None => {
-                let text = self.text(&mut Texts::new(), &files.plain).await?;
-                let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
-                    what: format!("index {}", files.plain.sha256),
-                    source,
-                })?;
-                PackageTable::from_stanzas(&text, &stanzas)
+                let (text, digest) = (
+                    self.get_text("index", &files.plain.sha256).await?,
+                    files.plain.sha256,
+                );
+                tokio::task::spawn_blocking(move || {
+                    let stanzas = index::parse(&text).map_err(|source| ChannelsError::Index {
+                        what: format!("index {digest}"),
+                        source,
+                    })?;
+                    Ok::<_, ChannelsError>(PackageTable::from_stanzas(&text, &stanzas))
+                })
+                .await
+                .expect("parsing an index does not panic")?
             }
         };
         let table = Arc::new(table);

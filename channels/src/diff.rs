@@ -110,15 +110,13 @@ impl Channels {
         Ok(diff)
     }
 
-    /// The tables of a suite's indices, with the architecture each index is for.
     async fn tables_of(
         &self,
         indices: &BTreeMap<String, IndexFiles>,
-    ) -> Result<Vec<(String, Arc<PackageTable>)>> {
+    ) -> Result<Vec<Arc<PackageTable>>> {
         let mut tables = Vec::with_capacity(indices.len());
-        for (key, files) in indices {
-            let arch = key.rsplit("binary-").next().unwrap_or_default().to_owned();
-            tables.push((arch, self.table(files).await?));
+        for files in indices.values() {
+            tables.push(self.table(files).await?);
         }
         Ok(tables)
     }
@@ -131,13 +129,11 @@ impl Channels {
     }
 }
 
-/// The highest version of a package any of the tables lists. A package of one architecture
-/// is only looked for in that architecture's indices; `all` in every one.
-fn highest(tables: &[(String, Arc<PackageTable>)], name: &str, arch: &str) -> Option<String> {
+/// The highest version of a package any of the tables lists.
+fn highest(tables: &[Arc<PackageTable>], name: &str, arch: &str) -> Option<String> {
     tables
         .iter()
-        .filter(|(index_arch, _)| arch == "all" || index_arch == arch)
-        .flat_map(|(_, t)| t.find(name, arch))
+        .flat_map(|t| t.find(name, arch))
         .map(|r| r.version)
         .max_by(|x, y| index::compare_versions(x, y))
         .map(str::to_owned)

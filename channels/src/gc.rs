@@ -128,23 +128,29 @@ impl Channels {
                 doomed.push(*blob);
             }
         }
-        let mut gone: HashSet<Sha256> = HashSet::new();
-        for blob in &doomed {
-            // Checked again at the moment of deletion: written again or touched since the
-            // listing (a move re-storing identical bytes) means it is in use.
-            let deleted = dry_run
-                || self
-                    .store()
-                    .remove_if_older(&blob.digest, young)
-                    .map_err(|source| ChannelsError::Io {
-                        what: format!("deleting blob {}", blob.digest),
-                        source,
-                    })?;
-            if deleted {
-                report.freed.add(blob.size);
-                gone.insert(blob.digest);
+        // Checked again at the moment of deletion: written again or touched since the listing
+        // (a move re-storing identical bytes) means it is in use. Many unlinks: off the async
+        // workers.
+        let store = self.store().clone();
+        let sweep = tokio::task::spawn_blocking(move || -> Result<(Amount, HashSet<Sha256>)> {
+            let (mut freed, mut gone) = (Amount::default(), HashSet::new());
+            for blob in &doomed {
+                let deleted = dry_run
+                    || store
+                        .remove_if_older(&blob.digest, young)
+                        .map_err(|source| ChannelsError::Io {
+                            what: format!("deleting blob {}", blob.digest),
+                            source,
+                        })?;
+                if deleted {
+                    freed.add(blob.size);
+                    gone.insert(blob.digest);
+                }
             }
-        }
+            Ok((freed, gone))
+        });
+        let (freed, gone) = sweep.await.expect("the sweep does not panic")?;
+        report.freed = freed;
         for (source, path, digest) in &roots.stale_pool_records {
             if gone.contains(digest) || !self.store().contains(digest) {
                 if !dry_run {

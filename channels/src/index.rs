@@ -78,6 +78,16 @@ pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, IndexError> {
         if s.filename.is_empty() || s.sha256.len() != 64 {
             return Err(err("no Filename or SHA256"));
         }
+        if !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err("SHA256 is not hexadecimal"));
+        }
+        // Package tables keep these fields tab-separated, one package a line.
+        let fields = [s.name, s.version, s.architecture, s.source, s.filename];
+        if fields.iter().any(|f| f.contains(|c: char| c.is_control())) {
+            return Err(err(
+                "a control character in Package, Version, Architecture, Source or Filename",
+            ));
+        }
         s.size = size.ok_or_else(|| err("no Size"))?;
         if s.source.is_empty() {
             s.source = s.name;
@@ -372,6 +382,10 @@ mod tests {
     fn refuses_stanzas_without_a_digest() {
         let text = "Package: a\nVersion: 1\nArchitecture: all\nFilename: x\nSize: 1\n";
         assert!(parse(text).is_err());
+        let tab = stanza("a", "1\tx", "");
+        assert!(parse(&tab).is_err(), "a tab would break the package table");
+        let not_hex = stanza("a", "1", "").replace(SHA, &"z".repeat(64));
+        assert!(parse(&not_hex).is_err());
     }
 
     #[test]

@@ -245,6 +245,11 @@ impl Channels {
             return Ok((base.clone(), manifest));
         }
         let mut tx = self.catalog.begin().await?;
+        // The derived manifest reuses the base's unchanged blobs: the base must still be kept
+        // when the new snapshot is recorded (garbage collection marks before it sweeps).
+        if !tx.touch_snapshot(&base.id, now()).await? {
+            return Err(ChannelsError::SnapshotDeleted(base.id.clone()));
+        }
         let snapshot = self
             .record_snapshot(
                 &mut tx,

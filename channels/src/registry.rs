@@ -17,6 +17,9 @@ use tracing::{info, warn};
 /// How long the channel list is trusted before the catalog is read again.
 const REGISTRY_TTL: Duration = Duration::from_secs(2);
 
+/// A name this process does not know reads the catalog again, at most this often.
+const MISS_RELOAD_AFTER: Duration = Duration::from_millis(100);
+
 impl Channels {
     /// Every channel: the configured ones and those created through the API.
     pub async fn channel_configs(&self) -> Vec<ChannelConfig> {
@@ -123,7 +126,15 @@ impl Channels {
         if let Some(c) = self.channels.read().expect("lock poisoned").get(name) {
             return Ok(c.clone());
         }
-        self.reload_channels(false).await?;
+        // Requests for made-up names must not each cost a catalog read.
+        let recent = self
+            .channels_read_at
+            .lock()
+            .expect("lock poisoned")
+            .is_some_and(|at| at.elapsed() < MISS_RELOAD_AFTER);
+        if !recent {
+            self.reload_channels(false).await?;
+        }
         let channels = self.channels.read().expect("lock poisoned");
         channels
             .get(name)

@@ -21,12 +21,12 @@ pub(crate) struct RescueReport {
 }
 
 impl Channels {
-    /// Stores the referenced ones of `leavers` (packages that just left `source`'s index) and
-    /// retries the source's earlier failures.
+    /// Works through the source's queued rescues (the sync queued its leavers in the
+    /// transaction that recorded them; earlier failures are still there): stores the
+    /// referenced ones, drops the rest.
     pub(crate) async fn rescue(
         &self,
         source: &str,
-        leavers: Vec<Leaver>,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<RescueReport> {
         let pending: Vec<Rescue> = self
@@ -48,9 +48,6 @@ impl Channels {
                     },
                 );
             }
-        }
-        for l in leavers {
-            candidates.insert(l.sha256, l);
         }
         let mut report = RescueReport::default();
         if candidates.is_empty() {

@@ -6,6 +6,7 @@ use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
 use crate::moves::MoveOutcome;
 use crate::service::*;
+use tracing::warn;
 
 impl Channels {
     /// Signs a channel's current publication again: same snapshot, byte-identical indices,
@@ -74,30 +75,40 @@ impl Channels {
         }
         let mut resigned = Vec::new();
         for id in past {
-            let served = match self.served_snapshot(channel, &id).await {
-                Ok(s) => s,
-                // Deleted by garbage collection: nothing to serve, nothing to sign.
-                Err(ChannelsError::UnknownSnapshot(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let expiring = served
-                .publication
-                .valid_until
-                .is_some_and(|until| due.is_none_or(|half| until - now() < half));
-            if !expiring && due.is_some() {
-                continue;
+            match self.resign_one_past(channel, &id, due).await {
+                Ok(true) => resigned.push(id),
+                Ok(false) => {}
+                // Deleted by garbage collection meanwhile: nothing to serve, nothing to sign.
+                Err(ChannelsError::UnknownSnapshot(_) | ChannelsError::SnapshotDeleted(_)) => {}
+                // One past snapshot must not keep the others (or the channels after this one)
+                // from being re-signed.
+                Err(e) => {
+                    warn!(channel, snapshot = %id, error = %e, "cannot re-sign a past snapshot")
+                }
             }
-            let snapshot = self.snapshot(&id).await?;
-            let publication = self
-                .sign_publication(channel, &snapshot, &served.manifest)
-                .await?;
-            let digest = self.put_json(&publication).await?;
-            self.catalog
-                .set_snapshot_publication(channel, &id, &digest.to_hex(), publication.signed_at)
-                .await?;
-            resigned.push(id);
         }
         Ok(resigned)
+    }
+
+    /// Re-signs one past snapshot's publication if it is due; returns whether it was.
+    async fn resign_one_past(&self, channel: &str, id: &str, due: Option<i64>) -> Result<bool> {
+        let served = self.served_snapshot(channel, id).await?;
+        let expiring = served
+            .publication
+            .valid_until
+            .is_some_and(|until| due.is_none_or(|half| until - now() < half));
+        if !expiring && due.is_some() {
+            return Ok(false);
+        }
+        let snapshot = self.snapshot(id).await?;
+        let publication = self
+            .sign_publication(channel, &snapshot, &served.manifest)
+            .await?;
+        let digest = self.put_json(&publication).await?;
+        self.catalog
+            .set_snapshot_publication(channel, id, &digest.to_hex(), publication.signed_at)
+            .await?;
+        Ok(true)
     }
 
     pub(crate) async fn resign_all(&self, actor: &Actor) -> Result<()> {

@@ -398,7 +398,7 @@ impl Channels {
                  {from} (or another entry channel) and promote from there"
             )));
         }
-        let snapshot = self.snapshot(snapshot).await?;
+        let snapshot = self.use_snapshot(snapshot).await?;
         self.move_to_snapshot(channel, snapshot, actor).await
     }
 }

@@ -104,10 +104,31 @@ impl Channels {
         outcome.new_packages = tx.upsert_packages(&packages, started).await?;
         drop(packages);
         if !leavers.is_empty() {
-            // They were listed by the last sync; anything before it would be a guess.
-            let last_seen = last_sync.as_ref().map_or(started, |s| s.synced_at);
+            // They were listed by the last sync (or, before syncs were recorded, by the
+            // snapshot it made); anything earlier would be a guess.
+            let last_seen = last_sync
+                .as_ref()
+                .map(|s| s.synced_at)
+                .or(previous.as_ref().map(|s| s.created_at))
+                .unwrap_or(started);
             let digests: Vec<String> = leavers.iter().map(|l| l.sha256.to_hex()).collect();
             tx.mark_packages_gone(&digests, last_seen).await?;
+            // Queued in the same transaction as the snapshot that no longer lists them: a
+            // crash or an error before the rescue below ran loses none of them.
+            let queued: Vec<Rescue> = leavers
+                .iter()
+                .map(|l| Rescue {
+                    sha256: l.sha256.to_hex(),
+                    source: source_name.to_owned(),
+                    pool_path: l.filename.clone(),
+                    size: l.size,
+                    first_failed: started,
+                    last_failed: started,
+                    attempts: 0,
+                    error: String::new(),
+                })
+                .collect();
+            tx.queue_rescues(&queued).await?;
         }
         let unchanged = previous
             .as_ref()
@@ -144,56 +165,79 @@ impl Channels {
             info!(source = source_name, snapshot = %snapshot.id, packages = package_count, "new snapshot");
             Some(snapshot)
         };
-        let current = snapshot
-            .as_ref()
-            .or(previous.as_ref())
-            .map(|s| s.id.as_str());
-        tx.record_source_sync(source_name, started, current).await?;
+        let current = snapshot.clone().or(previous);
+        tx.record_source_sync(
+            source_name,
+            started,
+            current.as_ref().map(|s| s.id.as_str()),
+        )
+        .await?;
         tx.commit().await?;
+        outcome.snapshot = snapshot.map(|s| s.id);
 
         // Packages leaving upstream while referenced are stored now, while upstream's pool
-        // still has them; earlier failures are tried again.
-        let rescue = self.rescue(source_name, leavers, progress).await?;
-        outcome.rescued = rescue.rescued;
-        outcome.rescue_failures = rescue.failed;
-
+        // still has them; earlier failures are tried again. A failure here is reported and
+        // retried by the next sync, never a reason to stop.
+        match self.rescue(source_name, progress).await {
+            Ok(rescue) => {
+                outcome.rescued = rescue.rescued;
+                outcome.rescue_failures = rescue.failed;
+            }
+            Err(e) => {
+                warn!(source = source_name, error = %e, "rescue did not run; the next sync tries again")
+            }
+        }
         if source.policy == FetchPolicy::Immediate {
             // Resumable: what an interrupted sync stored is skipped.
             outcome.downloaded = self
                 .fetch_missing(&Manifest::new(), &manifest, progress)
                 .await?;
         }
-        if let Some(snapshot) = snapshot {
-            outcome.snapshot = Some(snapshot.id.clone());
-            let followers: Vec<String> = self
-                .channel_configs()
-                .await
-                .into_iter()
-                .filter(|c| {
-                    c.follows
-                        .as_ref()
-                        .is_some_and(|f| f.as_str() == source_name)
-                })
-                .map(|c| c.name.to_string())
-                .collect();
-            for channel in followers {
-                let follow = Actor {
-                    name: actor.name.clone(),
-                    comment: Some(format!("follows {source_name}")),
-                };
-                self.move_channel(
-                    &channel,
-                    snapshot.clone(),
-                    manifest.clone(),
-                    ChannelAction::Follow,
-                    AuditAction::Promote,
-                    &follow,
-                )
+        if let Some(current) = current {
+            outcome.followed_by = self
+                .move_followers(source_name, current, manifest, actor)
                 .await?;
-                outcome.followed_by.push(channel);
-            }
         }
         Ok(outcome)
+    }
+
+    /// Moves the channels that follow the source to its current sync snapshot — unless they
+    /// have been there already (an admin may have rolled one back on purpose). A sync that
+    /// failed after recording its snapshot thus has its followers moved by the next one.
+    async fn move_followers(
+        &self,
+        source_name: &str,
+        current: Snapshot,
+        manifest: Manifest,
+        actor: &Actor,
+    ) -> Result<Vec<String>> {
+        let mut moved = Vec::new();
+        let followers = self.channel_configs().await.into_iter().filter(|c| {
+            c.follows
+                .as_ref()
+                .is_some_and(|f| f.as_str() == source_name)
+        });
+        for channel in followers.map(|c| c.name.to_string()) {
+            let history = self.catalog.channel_history(&channel, i64::MAX).await?;
+            if history.iter().any(|h| h.snapshot_id == current.id) {
+                continue;
+            }
+            let follow = Actor {
+                name: actor.name.clone(),
+                comment: Some(format!("follows {source_name}")),
+            };
+            self.move_channel(
+                &channel,
+                current.clone(),
+                manifest.clone(),
+                ChannelAction::Follow,
+                AuditAction::Promote,
+                &follow,
+            )
+            .await?;
+            moved.push(channel);
+        }
+        Ok(moved)
     }
 
     /// The snapshot the source's last sync created or found unchanged.

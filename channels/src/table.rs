@@ -316,7 +316,9 @@ pub struct TableCache {
 
 #[derive(Debug, Default)]
 struct CacheState {
-    tables: HashMap<Sha256, (Arc<PackageTable>, u64)>,
+    /// Each table with when it was last used and the weight it was charged (a table grows
+    /// when its filename order is built, so the charge is remembered, not recomputed).
+    tables: HashMap<Sha256, (Arc<PackageTable>, u64, usize)>,
     weight: usize,
     clock: u64,
 }
@@ -333,7 +335,7 @@ impl TableCache {
         let mut state = self.inner.lock().expect("lock poisoned");
         state.clock += 1;
         let now = state.clock;
-        let (table, used) = state.tables.get_mut(index)?;
+        let (table, used, _) = state.tables.get_mut(index)?;
         *used = now;
         Some(table.clone())
     }
@@ -343,8 +345,8 @@ impl TableCache {
         state.clock += 1;
         let now = state.clock;
         let weight = table.weight();
-        if let Some((old, _)) = state.tables.insert(index, (table, now)) {
-            state.weight -= old.weight();
+        if let Some((_, _, charged)) = state.tables.insert(index, (table, now, weight)) {
+            state.weight -= charged;
         }
         state.weight += weight;
         while state.weight > self.budget && state.tables.len() > 1 {
@@ -352,11 +354,11 @@ impl TableCache {
                 .tables
                 .iter()
                 .filter(|(digest, _)| **digest != index)
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, (_, used, _))| *used)
                 .map(|(digest, _)| *digest)
                 .expect("more than one table");
-            let (dropped, _) = state.tables.remove(&oldest).expect("present");
-            state.weight -= dropped.weight();
+            let (_, _, charged) = state.tables.remove(&oldest).expect("present");
+            state.weight -= charged;
         }
     }
 }

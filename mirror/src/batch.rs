@@ -19,8 +19,11 @@ use std::sync::Arc;
 /// Files up to this size are held in memory and stored in batches.
 pub const IN_MEMORY: u64 = 8 << 20;
 
-/// Blobs per batch: one `syncfs` for this many files.
+/// Blobs per batch: one `syncfs` for this many files…
 pub const BATCH: usize = 256;
+
+/// …or for what arrived this long after a batch's first file.
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A file to store: where the source has it and what it must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +80,14 @@ impl Mirror {
                     (w, body)
                 }
             })
-            .buffer_unordered(concurrency)
-            .ready_chunks(BATCH);
+            .buffer_unordered(concurrency);
         // At most two batches are written while the next downloads run.
         let mut writing = VecDeque::new();
-        while let Some(chunk) = downloads.next().await {
+        loop {
+            let chunk = next_batch(&mut downloads, BATCH, BATCH_WAIT).await;
+            if chunk.is_empty() {
+                break;
+            }
             let mut items = Vec::with_capacity(chunk.len());
             let mut blobs = Vec::with_capacity(chunk.len());
             for (w, body) in chunk {
@@ -204,4 +210,26 @@ impl Mirror {
         }
         Ok(body.freeze())
     }
+}
+
+/// The next items of `stream`, up to `max`, waiting at most `wait` after the first one; empty
+/// when the stream has ended. (`ready_chunks` would hand out whatever is ready at each poll:
+/// with 16 downloads under way, one to three files a batch.)
+async fn next_batch<S>(stream: &mut S, max: usize, wait: std::time::Duration) -> Vec<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    let mut batch = Vec::new();
+    let Some(first) = stream.next().await else {
+        return batch;
+    };
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) => batch.push(item),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
 }

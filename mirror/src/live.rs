@@ -39,7 +39,9 @@ impl Mirror {
             let mut suites: HashSet<String> = HashSet::new();
             let mut pool = Vec::new();
             for (path, record) in records {
-                match path.strip_prefix("dists/").and_then(|p| p.split_once('/')) {
+                // The suite is everything between `dists/` and the file name (`bookworm`,
+                // `buster/updates`).
+                match path.strip_prefix("dists/").and_then(|p| p.rsplit_once('/')) {
                     Some((suite, "InRelease" | "Release" | "Release.gpg")) => {
                         roots.releases.insert(record.sha256);
                         suites.insert(suite.to_owned());

@@ -1,6 +1,7 @@
-//! Channels under concurrency and crashes, on SQLite and on PostgreSQL: promotions from two
+//! Channels under concurrency and failures, on SQLite and on PostgreSQL: promotions from two
 //! server instances serialize; a server killed mid-promotion leaves the old channel or the new,
-//! and apt agrees.
+//! and apt agrees; a sync that failed after recording its snapshot has its followers moved by
+//! the next one.
 
 use aptgate_channels::{Actor, PromoteRequest};
 use aptgate_config::Retain;
@@ -16,6 +17,7 @@ use std::time::Duration;
 both_backends!(
     concurrent_promotions_serialize,
     a_killed_promotion_leaves_the_channel_consistent,
+    followers_move_on_the_next_sync_when_one_failed_after_its_snapshot,
 );
 
 async fn concurrent_promotions_serialize(backend: Backend) {
@@ -161,4 +163,33 @@ async fn a_killed_promotion_leaves_the_channel_consistent(backend: Backend) {
     let host = host_at(&dir, "host", &server.url, "approved", &key);
     assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
     server.kill();
+}
+
+async fn followers_move_on_the_next_sync_when_one_failed_after_its_snapshot(backend: Backend) {
+    let mut p = parts(backend, Duration::ZERO, FixtureSpec::default()).await;
+    p.config.sources[0].policy = aptgate_config::FetchPolicy::Immediate;
+    let s = Setup::from_parts(p).await;
+    let channels = s.app.state.channels.clone();
+    // One .deb cannot be had: the sync records its snapshot, then fails downloading.
+    let hello = s.repo.package_in("stable", "hello", "amd64").clone();
+    s.upstream
+        .misbehave(&hello.pool_path, Misbehaviour::Status(503));
+    let failed = channels
+        .sync("fixture", &Actor::new("test"), &|_: &str| {})
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        channels.served("testing").await.is_err(),
+        "testing did not move"
+    );
+
+    // Upstream recovers; nothing changed there, yet testing now follows.
+    s.upstream.behave();
+    let again = s.sync().await;
+    assert_eq!(again.snapshot, None, "upstream is unchanged");
+    assert_eq!(again.followed_by, ["testing"]);
+    let host = s.host("host", "testing");
+    assert_eq!(candidate(&host, "hello").await, hello.version);
+    // A follower already there is not moved again.
+    assert!(s.sync().await.followed_by.is_empty());
 }

@@ -434,6 +434,11 @@ impl CatalogTx {
         retention::record_source_sync(&mut self.0, source, at, snapshot_id).await
     }
 
+    /// Queues rescues for packages that just left their source's index.
+    pub async fn queue_rescues(&mut self, rescues: &[Rescue]) -> Result<()> {
+        retention::queue_rescues(&mut self.0, rescues).await
+    }
+
     /// Records that these packages left their origin's index, last listed at `last_seen`.
     pub async fn mark_packages_gone(&mut self, sha256s: &[String], last_seen: i64) -> Result<()> {
         retention::mark_packages_gone(&mut self.0, sha256s, last_seen).await

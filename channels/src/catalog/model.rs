@@ -210,8 +210,8 @@ pub struct SourceSync {
     pub snapshot_id: Option<String>,
 }
 
-/// A package that left upstream's index while referenced, not stored yet: retried by every
-/// sync.
+/// A package that left upstream's index, queued by the sync that saw it leave and stored by
+/// the rescue after it, or kept here (failed: `attempts` > 0) for every later sync to retry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rescue {
     pub sha256: String,

@@ -88,7 +88,8 @@ pub async fn upsert_packages(
     for chunk in packages.chunks(rows_per_insert(conn)) {
         let sql = format!(
             "INSERT INTO packages (sha256, name, version, architecture, source, size, pool_path, \
-             control, origin, first_seen) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+             control, origin, first_seen) VALUES {} ON CONFLICT (sha256) DO UPDATE \
+             SET last_seen = NULL WHERE packages.last_seen IS NOT NULL",
             placeholders(conn, chunk.len(), 10)
         );
         let mut q = sqlx::query(&sql);

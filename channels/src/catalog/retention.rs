@@ -3,7 +3,9 @@
 //! of past snapshots. Written once for both backends.
 
 use super::model::*;
-use super::queries::{check_digest, in_list, is_sqlite, SnapshotRow, SNAPSHOT_COLUMNS};
+use super::queries::{
+    check_digest, in_list, is_sqlite, placeholders, SnapshotRow, SNAPSHOT_COLUMNS,
+};
 use super::{query, Result};
 use sqlx::{AnyConnection, FromRow};
 
@@ -163,6 +165,35 @@ pub async fn package_origins(
         );
     }
     Ok(out)
+}
+
+/// Queues rescues (attempts 0) for packages that just left their source's index; those
+/// already queued keep their record.
+pub async fn queue_rescues(conn: &mut AnyConnection, rescues: &[Rescue]) -> Result<()> {
+    for chunk in rescues.chunks(500) {
+        let sql = format!(
+            "INSERT INTO rescues (sha256, source, pool_path, size, first_failed, last_failed, \
+             attempts, error) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+            placeholders(conn, chunk.len(), 8)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            check_digest("rescue sha256", &r.sha256)?;
+            q = q
+                .bind(&r.sha256)
+                .bind(&r.source)
+                .bind(&r.pool_path)
+                .bind(r.size as i64)
+                .bind(r.first_failed)
+                .bind(r.last_failed)
+                .bind(r.attempts)
+                .bind(&r.error);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(query("queue rescues"))?;
+    }
+    Ok(())
 }
 
 /// A rescue failed (again): recorded for the next sync to retry.
