@@ -59,46 +59,44 @@ impl Channels {
         for suite in suites {
             let ia = a.suites.get(suite).map_or(&none, |s| &s.indices);
             let ib = b.suites.get(suite).map_or(&none, |s| &s.indices);
-            let keys: BTreeSet<&String> = ia.keys().chain(ib.keys()).collect();
-            let mut changed: BTreeSet<(String, String)> = BTreeSet::new();
-            for key in keys {
-                let (fa, fb) = (ia.get(key), ib.get(key));
-                if fa.map(|f| f.plain.sha256) == fb.map(|f| f.plain.sha256) {
-                    continue;
-                }
-                let ta = match fa {
-                    Some(f) => Some(self.table(f).await?),
-                    None => None,
-                };
-                let tb = match fb {
-                    Some(f) => Some(self.table(f).await?),
-                    None => None,
-                };
-                PackageTable::keys_that_differ(ta.as_deref(), tb.as_deref(), |name, arch| {
-                    changed.insert((name.to_owned(), arch.to_owned()));
-                });
-            }
-            if changed.is_empty() {
+            let differ: Vec<&String> = ia
+                .keys()
+                .chain(ib.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| {
+                    ia.get(*k).map(|f| f.plain.sha256) != ib.get(*k).map(|f| f.plain.sha256)
+                })
+                .collect();
+            if differ.is_empty() {
                 continue;
             }
             let (tables_a, tables_b) = (self.tables_of(ia).await?, self.tables_of(ib).await?);
+            let mut changed: BTreeSet<(&str, &str)> = BTreeSet::new();
+            for key in differ {
+                let ta = tables_a.iter().find(|t| &t.key == key).map(|t| &*t.table);
+                let tb = tables_b.iter().find(|t| &t.key == key).map(|t| &*t.table);
+                PackageTable::keys_that_differ(ta, tb, |name, arch| {
+                    changed.insert((name, arch));
+                });
+            }
             for (name, arch) in changed {
-                let from = highest(&tables_a, &name, &arch);
-                let to = highest(&tables_b, &name, &arch);
+                let from = highest(&tables_a, name, arch);
+                let to = highest(&tables_b, name, arch);
                 if from == to {
                     continue;
                 }
                 let change = Change {
                     suite: suite.clone(),
-                    name,
-                    architecture: arch,
-                    from: from.clone(),
-                    to: to.clone(),
+                    name: name.to_owned(),
+                    architecture: arch.to_owned(),
+                    from: from.map(str::to_owned),
+                    to: to.map(str::to_owned),
                 };
                 match (from, to) {
                     (None, Some(_)) => diff.added.push(change),
                     (Some(_), None) => diff.removed.push(change),
-                    (Some(f), Some(t)) => match index::compare_versions(&f, &t) {
+                    (Some(f), Some(t)) => match index::compare_versions(f, t) {
                         Ordering::Less => diff.upgraded.push(change),
                         Ordering::Greater => diff.downgraded.push(change),
                         Ordering::Equal => {}
@@ -110,13 +108,14 @@ impl Channels {
         Ok(diff)
     }
 
-    async fn tables_of(
-        &self,
-        indices: &BTreeMap<String, IndexFiles>,
-    ) -> Result<Vec<Arc<PackageTable>>> {
+    async fn tables_of(&self, indices: &BTreeMap<String, IndexFiles>) -> Result<Vec<Indexed>> {
         let mut tables = Vec::with_capacity(indices.len());
-        for files in indices.values() {
-            tables.push(self.table(files).await?);
+        for (key, files) in indices {
+            tables.push(Indexed {
+                key: key.clone(),
+                architecture: key.rsplit("binary-").next().unwrap_or_default().to_owned(),
+                table: self.table(files).await?,
+            });
         }
         Ok(tables)
     }
@@ -129,12 +128,24 @@ impl Channels {
     }
 }
 
-/// The highest version of a package any of the tables lists.
-fn highest(tables: &[Arc<PackageTable>], name: &str, arch: &str) -> Option<String> {
-    tables
-        .iter()
-        .flat_map(|t| t.find(name, arch))
-        .map(|r| r.version)
-        .max_by(|x, y| index::compare_versions(x, y))
-        .map(str::to_owned)
+/// A suite's index table, with its key and the architecture the index is for.
+struct Indexed {
+    key: String,
+    architecture: String,
+    table: Arc<PackageTable>,
+}
+
+/// The highest version of a package any of the suite's tables lists: looked for first in the
+/// indices of its architecture (and `binary-all`; every index for `Architecture: all`), and
+/// only if none has it in the others (a repository listing foreign packages).
+fn highest<'t>(tables: &'t [Indexed], name: &str, arch: &str) -> Option<&'t str> {
+    let own = |t: &&Indexed| arch == "all" || t.architecture == arch || t.architecture == "all";
+    let newest = |tables: &mut dyn Iterator<Item = &'t Indexed>| {
+        tables
+            .flat_map(|t| t.table.find(name, arch))
+            .map(|r| r.version)
+            .max_by(|x, y| index::compare_versions(x, y))
+    };
+    newest(&mut tables.iter().filter(own))
+        .or_else(|| newest(&mut tables.iter().filter(|t| !own(t))))
 }
