@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use tracing::info;
 
 /// What a blob is kept as (or that it is not kept).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Packages,
     Indices,

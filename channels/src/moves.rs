@@ -23,7 +23,41 @@ pub struct MoveOutcome {
     pub fetched: u64,
 }
 
+/// Where a channel is before a move: its catalog row and, once published, the snapshot it
+/// points at and that snapshot's manifest (read once per move, by whoever prepares it).
+pub(crate) struct Position {
+    pub state: ChannelState,
+    pub snapshot: Option<Snapshot>,
+    /// Empty while the channel is unpublished.
+    pub manifest: Manifest,
+}
+
+impl Position {
+    /// The current manifest, if the channel is published.
+    pub fn published(&self) -> Option<&Manifest> {
+        self.snapshot.as_ref().map(|_| &self.manifest)
+    }
+}
+
 impl Channels {
+    /// Where `channel` is now.
+    pub(crate) async fn position(&self, channel: &str) -> Result<Position> {
+        let state = self.channel_state(channel).await?;
+        let snapshot = match &state.snapshot_id {
+            Some(id) => Some(self.snapshot(id).await?),
+            None => None,
+        };
+        let manifest = match &snapshot {
+            Some(s) => self.manifest(s).await?,
+            None => Manifest::new(),
+        };
+        Ok(Position {
+            state,
+            snapshot,
+            manifest,
+        })
+    }
+
     /// Moves a channel to a snapshot (taking the channel's lock).
     pub(crate) async fn move_channel(
         &self,
@@ -36,8 +70,8 @@ impl Channels {
     ) -> Result<MoveOutcome> {
         let lock = self.lock(channel);
         let _guard = lock.lock().await;
-        let state = self.channel_state(channel).await?;
-        self.move_locked(channel, state, snapshot, manifest, action, audit, actor)
+        let from = self.position(channel).await?;
+        self.move_locked(channel, from, snapshot, manifest, action, audit, actor)
             .await
     }
 
@@ -45,7 +79,7 @@ impl Channels {
     pub(crate) async fn move_locked(
         &self,
         channel: &str,
-        state: ChannelState,
+        from: Position,
         snapshot: Snapshot,
         manifest: Manifest,
         action: ChannelAction,
@@ -53,11 +87,7 @@ impl Channels {
         actor: &Actor,
     ) -> Result<MoveOutcome> {
         let resign = action == ChannelAction::Resign;
-        let current = match &state.snapshot_id {
-            Some(_) if resign => manifest.clone(),
-            Some(id) => self.manifest(&self.snapshot(id).await?).await?,
-            None => Manifest::new(),
-        };
+        let (state, current) = (from.state, from.manifest);
         // With `retain = "all"`, everything new to a promoted channel is stored before it
         // moves. With `used` (the default) nothing is fetched here: packages are stored when
         // first asked for, and a sync rescues referenced ones that leave upstream. A channel
@@ -145,8 +175,9 @@ impl Channels {
     ) -> Result<MoveOutcome> {
         let lock = self.lock(channel);
         let _guard = lock.lock().await;
-        let state = self.channel_state(channel).await?;
-        let current = state
+        let from = self.position(channel).await?;
+        let current = from
+            .state
             .snapshot_id
             .clone()
             .ok_or_else(|| ChannelsError::Unpublished(channel.to_owned()))?;
@@ -176,7 +207,7 @@ impl Channels {
         let manifest = self.manifest(&target).await?;
         self.move_locked(
             channel,
-            state,
+            from,
             target,
             manifest,
             ChannelAction::Rollback,

@@ -94,30 +94,22 @@ impl Channels {
         }
         let lock = self.lock(&req.to);
         let _guard = lock.lock().await;
-        let to_state = self.channel_state(&req.to).await?;
+        let to = self.position(&req.to).await?;
         let source_snapshot = self.snapshot(&from_snapshot_id).await?;
         let source_manifest = self.manifest(&source_snapshot).await?;
         let holds = self.catalog.holds(&req.to).await?;
-        let current = match &to_state.snapshot_id {
-            Some(id) => Some(self.snapshot(id).await?),
-            None => None,
-        };
-        let current_manifest = match &current {
-            Some(s) => Some(self.manifest(s).await?),
-            None => None,
-        };
 
         let (snapshot, manifest) = if req.only.is_empty() {
             self.with_holds(
                 &req.to,
                 &holds,
-                current_manifest.as_ref(),
+                to.published(),
                 source_snapshot,
                 source_manifest,
             )
             .await?
         } else {
-            let Some(cur) = &current_manifest else {
+            let (Some(base), Some(cur)) = (&to.snapshot, to.published()) else {
                 return Err(ChannelsError::Refused(format!(
                     "{} has nothing published yet; promote a whole snapshot first",
                     req.to
@@ -143,10 +135,9 @@ impl Channels {
                         .join(", ")
                 )));
             }
-            let base = current.clone().expect("published, checked above");
             let derived = self.overlay(cur, &source_manifest, &take).await?;
             self.derived_snapshot(
-                &base,
+                base,
                 derived,
                 &req.to,
                 format!(
@@ -161,7 +152,7 @@ impl Channels {
         };
         self.move_locked(
             &req.to,
-            to_state,
+            to,
             snapshot,
             manifest,
             ChannelAction::Promote,
@@ -210,19 +201,15 @@ impl Channels {
     ) -> Result<MoveOutcome> {
         let lock = self.lock(channel);
         let _guard = lock.lock().await;
-        let state = self.channel_state(channel).await?;
-        let current = match &state.snapshot_id {
-            Some(id) => Some(self.manifest(&self.snapshot(id).await?).await?),
-            None => None,
-        };
+        let from = self.position(channel).await?;
         let holds = self.catalog.holds(channel).await?;
         let manifest = self.manifest(&snapshot).await?;
         let (snapshot, manifest) = self
-            .with_holds(channel, &holds, current.as_ref(), snapshot, manifest)
+            .with_holds(channel, &holds, from.published(), snapshot, manifest)
             .await?;
         self.move_locked(
             channel,
-            state,
+            from,
             snapshot,
             manifest,
             ChannelAction::Promote,

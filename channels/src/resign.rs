@@ -14,16 +14,15 @@ impl Channels {
     pub async fn resign(&self, channel: &str, actor: &Actor) -> Result<MoveOutcome> {
         let lock = self.lock(channel);
         let _guard = lock.lock().await;
-        let state = self.channel_state(channel).await?;
-        let id = state
-            .snapshot_id
+        let from = self.position(channel).await?;
+        let snapshot = from
+            .snapshot
             .clone()
             .ok_or_else(|| ChannelsError::Unpublished(channel.to_owned()))?;
-        let snapshot = self.snapshot(&id).await?;
-        let manifest = self.manifest(&snapshot).await?;
+        let manifest = from.manifest.clone();
         self.move_locked(
             channel,
-            state,
+            from,
             snapshot,
             manifest,
             ChannelAction::Resign,

@@ -111,6 +111,7 @@ impl Channels {
     /// The digest and size a channel's `pool/` path stands for, if it lists it: looked up in
     /// the package tables of the manifest's indices (those of the path's component first).
     pub async fn pool_file(&self, served: &Served, path: &str) -> Result<Option<(Sha256, u64)>> {
+        // `pool/<component>/…`: that component's indices are the likely ones, tried first.
         let component = path.split('/').nth(1).unwrap_or_default();
         let mut indices: Vec<(&String, &IndexFiles)> = served
             .manifest
@@ -118,8 +119,10 @@ impl Channels {
             .values()
             .flat_map(|s| s.indices.iter())
             .collect();
-        // `pool/<component>/…`: that component's indices are the likely ones.
-        indices.sort_by_key(|(key, _)| !key.starts_with(&format!("{component}/")));
+        indices.sort_by_key(|(key, _)| {
+            key.split_once('/')
+                .is_none_or(|(key_component, _)| key_component != component)
+        });
         let mut seen = std::collections::HashSet::new();
         for (_, files) in indices {
             if !seen.insert(files.plain.sha256) {

@@ -218,8 +218,13 @@ impl Channels {
                 .is_some_and(|f| f.as_str() == source_name)
         });
         for channel in followers.map(|c| c.name.to_string()) {
-            let history = self.catalog.channel_history(&channel, i64::MAX).await?;
-            if history.iter().any(|h| h.snapshot_id == current.id) {
+            // Newest first: a visit to `current` is among the moves since it was made.
+            let history = self.catalog.channel_history(&channel, 1000).await?;
+            let visited = history
+                .iter()
+                .take_while(|h| h.at >= current.created_at)
+                .any(|h| h.snapshot_id == current.id);
+            if visited {
                 continue;
             }
             let follow = Actor {

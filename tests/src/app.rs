@@ -168,6 +168,20 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The body of a `GET` that must succeed.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .error_for_status()
+        .expect("a success status")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// Everything an end-to-end test needs: a fixture repository, its upstream server and
 /// aptgate in front of it, all under one temp directory.
 pub struct Harness {

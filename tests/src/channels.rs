@@ -2,7 +2,7 @@
 //! and an `approved` channel promoted from `testing`, hosts running real apt, on either catalog
 //! backend. Shared by the channel test files.
 
-use crate::app::{aptgate_command, client, fixture_source, test_mirror_config, TestApp};
+use crate::app::{aptgate_command, fixture_source, get_text, test_mirror_config, TestApp};
 use crate::apt::AptRoot;
 use crate::db::{Backend, TestDatabase};
 use crate::fixture::{FixtureRepo, FixtureSpec};
@@ -79,16 +79,7 @@ pub async fn parts(backend: Backend, approved_soak: Duration, spec: FixtureSpec)
 
 /// Saves the server's public key where hosts read it.
 pub async fn fetch_key(url: &str, path: &std::path::Path) {
-    let armored = client()
-        .get(format!("{url}/keys/aptgate.asc"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let armored = get_text(&format!("{url}/keys/aptgate.asc")).await;
     fs_err::write(path, armored).unwrap();
 }
 

@@ -8,7 +8,7 @@ use aptgate_channels::catalog::{AuditAction, AuditFilter};
 use aptgate_channels::{Actor, ChannelsError};
 use aptgate_config::ChannelConfig;
 use aptgate_mirror::Sha256;
-use aptgate_tests::app::{aptgate_command, client, TestApp};
+use aptgate_tests::app::{aptgate_command, client, get_text, TestApp};
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::*;
 use aptgate_tests::db::Backend;
@@ -494,24 +494,12 @@ async fn past_snapshots_are_resigned_before_valid_until(backend: Backend) {
             .map(str::to_owned)
             .expect("a Valid-Until field")
     };
-    let get = || async {
-        client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let before = valid_until(&get().await);
+    let before = valid_until(&get_text(&url).await);
     // Past half the validity (3 s), whole seconds counted.
     tokio::time::sleep(Duration::from_millis(4100)).await;
     let resigned = channels.resign_expiring().await.unwrap();
     assert!(resigned.contains(&format!("approved@{s1}")), "{resigned:?}");
-    let after = valid_until(&get().await);
+    let after = valid_until(&get_text(&url).await);
     assert_ne!(before, after);
     // Past the first signature's Valid-Until, apt still accepts the snapshot.
     tokio::time::sleep(Duration::from_millis(2100)).await;
