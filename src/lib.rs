@@ -48,7 +48,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(aptgate_mirror::routes())
         .merge(aptgate_channels::routes::routes())
-        .merge(aptgate_channels::api::routes())
+        .merge(aptgate_channels::api::routes(state.channels.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)

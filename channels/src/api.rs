@@ -6,12 +6,17 @@
 //! `<actor>` in the audit log. Errors are `{"code": "...", "message": "..."}` with a stable code.
 
 pub use crate::admin_token::{load_or_create_token, token_path, TOKEN_FILE};
-use crate::catalog::{AuditAction, AuditFilter};
+pub use endpoints::openapi_document;
+
+mod endpoints;
+use crate::catalog::{AuditAction, AuditEntry, AuditFilter};
 use crate::{Actor, Channels, ChannelsError, PromoteRequest};
+use axum::extract::Request;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -68,47 +73,36 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-pub fn routes<S>() -> Router<S>
+/// The admin routes. Every route in the table (`api/endpoints.rs`) sits behind
+/// [`require_token`], so a new route is guarded before its handler or its body extractor runs;
+/// the OpenAPI document is the one public route.
+pub fn routes<S>(channels: Arc<Channels>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Channels>: FromRef<S>,
 {
+    let guarded = endpoints::all::<S>()
+        .into_iter()
+        .fold(Router::new(), |router, e| router.route(e.path, e.handler))
+        .layer(middleware::from_fn_with_state(channels, require_token));
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/sync", post(sync))
-        .route("/api/v1/snapshots", get(snapshots))
-        .route("/api/v1/snapshots/{id}", get(snapshot))
-        .route("/api/v1/snapshots/{a}/diff/{b}", get(diff))
-        .route("/api/v1/snapshots/{id}/filter", post(filter))
-        .route("/api/v1/snapshots/{id}/pull", post(pull))
-        .route("/api/v1/snapshots/merge", post(merge))
-        .route("/api/v1/channels/{channel}/publish", post(publish))
-        .route(
-            "/api/v1/channels/{channel}/auto-approve",
-            post(auto_approve),
-        )
-        .route("/api/v1/channels", get(channels_list).post(create_channel))
-        .route("/api/v1/keys/import", post(import_key))
-        .route("/api/v1/channels/{channel}/history", get(history))
-        .route("/api/v1/channels/{channel}/holds", get(holds).post(hold))
-        .route("/api/v1/channels/{channel}/holds/{package}", delete(unhold))
-        .route("/api/v1/channels/{channel}/rollback", post(rollback))
-        .route("/api/v1/promote", post(promote))
-        .route("/api/v1/audit", get(audit))
-        .route("/api/v1/keys", get(keys).post(add_key))
-        .route("/api/v1/keys/{fingerprint}/retire", post(retire_key))
-        .route("/api/v1/channels/{channel}/resign", post(resign))
-        .route("/api/v1/channels/{channel}/verify", get(verify))
-        .route("/api/v1/gc", post(gc))
-        .route("/api/v1/store/usage", get(store_usage))
+        .merge(guarded)
 }
 
-/// Checks the bearer token and returns who acts.
-fn authorize(
-    channels: &Channels,
-    headers: &HeaderMap,
-    comment: Option<String>,
-) -> Result<Actor, ApiError> {
+/// Refuses a request without the admin token before anything else looks at it.
+async fn require_token(
+    State(channels): State<Arc<Channels>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check_token(&channels, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_token(channels: &Channels, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -124,6 +118,16 @@ fn authorize(
     if !constant_time_eq(given.trim().as_bytes(), channels.admin_token().as_bytes()) {
         return Err(unauthorized());
     }
+    Ok(())
+}
+
+/// Checks the bearer token (again: the layer already did) and returns who acts.
+fn authorize(
+    channels: &Channels,
+    headers: &HeaderMap,
+    comment: Option<String>,
+) -> Result<Actor, ApiError> {
+    check_token(channels, headers)?;
     let name = headers
         .get("x-aptgate-actor")
         .and_then(|v| v.to_str().ok())
@@ -476,6 +480,57 @@ async fn audit(
     to_json(&entries)
 }
 
+#[derive(Deserialize)]
+struct ExportQuery {
+    after_id: Option<i64>,
+}
+
+/// The audit log as JSON lines, oldest first, read in pages so a long log is never held whole;
+/// `after_id` resumes an export (the last line's `id`).
+async fn audit_export(
+    State(channels): State<Arc<Channels>>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&channels, &headers, None)?;
+    const PAGE: i64 = 1000;
+    // The first page is read before answering, so a catalog error is a clean error status.
+    let first = channels
+        .catalog()
+        .audit_after(q.after_id.unwrap_or(0), PAGE)
+        .await
+        .map_err(ChannelsError::from)?;
+    // State: the page to send next, `None` at the end, or the error that ends the body (headers
+    // are sent by then: an error, never a clean short export).
+    type Next = Result<Option<Vec<AuditEntry>>, std::io::Error>;
+    let pages = futures::stream::unfold(
+        (channels, Ok(Some(first)) as Next),
+        |(channels, next)| async move {
+            let page = match next {
+                Ok(Some(page)) if !page.is_empty() => page,
+                Ok(_) => return None,
+                Err(e) => return Some((Err(e), (channels, Ok(None)))),
+            };
+            let mut lines = Vec::new();
+            for entry in &page {
+                serde_json::to_writer(&mut lines, entry).expect("audit entries serialize");
+                lines.push(b'\n');
+            }
+            let last = page.last().map_or(0, |e| e.id);
+            let next = match channels.catalog().audit_after(last, PAGE).await {
+                Ok(next) => Ok(Some(next)),
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            Some((Ok::<_, std::io::Error>(lines), (channels, next)))
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
+}
+
 async fn keys(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
     authorize(&channels, &headers, None)?;
     Ok(Json(
@@ -550,63 +605,4 @@ async fn store_usage(State(channels): State<Arc<Channels>>, headers: HeaderMap) 
 
 async fn openapi() -> Json<Value> {
     Json(openapi_document())
-}
-
-/// The OpenAPI 3.1 description of the admin API.
-pub fn openapi_document() -> Value {
-    let error = json!({"$ref": "#/components/schemas/Error"});
-    let op = |summary: &str| {
-        json!({
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {}}},
-                "default": {"description": "error", "content": {"application/json": {"schema": error}}}
-            }
-        })
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "aptgate admin API", "version": "1"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, snapshot_deleted, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
-                "message": {"type": "string"}}}}
-        },
-        "paths": {
-            "/api/v1/sync": {"post": op("Sync one source ({\"source\": name}) or all; returns one outcome per source")},
-            "/api/v1/snapshots": {"get": op("List snapshots, oldest first")},
-            "/api/v1/snapshots/{id}": {"get": op("A snapshot with package counts per suite and index")},
-            "/api/v1/snapshots/{a}/diff/{b}": {"get": op("Added, removed, upgraded, downgraded packages from a to b")},
-            "/api/v1/snapshots/{id}/filter": {"post": op("New snapshot of the packages kept ({\"names\",\"sections\",\"priorities\",\"excludes\": globs/lists, \"name\"?})")},
-            "/api/v1/snapshots/{id}/pull": {"post": op("New snapshot: base plus packages from another and the dependencies base lacks ({\"from\",\"packages\",\"name\"?})")},
-            "/api/v1/snapshots/merge": {"post": op("New snapshot merging several; highest version wins ({\"snapshots\",\"into_suite\"?,\"name\"?})")},
-            "/api/v1/channels/{channel}/publish": {"post": op("Point an entry channel (no promotes_from) at a snapshot ({\"snapshot\"})")},
-            "/api/v1/channels/{channel}/auto-approve": {"post": op("Apply the channel's auto-approval rule now; null when nothing qualifies")},
-            "/api/v1/channels": {
-                "get": op("Channels and where they point"),
-                "post": op("Create a channel ({\"name\", \"follows\"?, \"promotes_from\"?, \"min_soak\"?: \"72h\", \"selective\"?, \"auto_approve_after\"?, \"suites\"?})")
-            },
-            "/api/v1/keys/import": {"post": op("Import an armored secret key without passphrase ({\"armored\"}); it signs from now on")},
-            "/api/v1/channels/{channel}/history": {"get": op("A channel's moves, newest first (?limit=)")},
-            "/api/v1/channels/{channel}/holds": {
-                "get": op("Held packages"),
-                "post": op("Hold a package ({\"package\", \"comment\"})")
-            },
-            "/api/v1/channels/{channel}/holds/{package}": {"delete": op("Release a hold (?comment=)")},
-            "/api/v1/channels/{channel}/rollback": {"post": op("Roll back ({\"to\"?: snapshot, \"comment\"?})")},
-            "/api/v1/promote": {"post": op("Promote ({\"from\", \"to\", \"only\"?: [names], \"comment\"?})")},
-            "/api/v1/audit": {"get": op("Audit log, newest first (?channel=&action=&since=&limit=)")},
-            "/api/v1/keys": {
-                "get": op("The armored public signing keys and their fingerprints"),
-                "post": op("Add a signing key: both sign until the old one is retired; channels re-signed")
-            },
-            "/api/v1/keys/{fingerprint}/retire": {"post": op("Retire a key (not the last); channels re-signed")},
-            "/api/v1/channels/{channel}/resign": {"post": op("Sign a channel's Release again (same indices)")},
-            "/api/v1/channels/{channel}/verify": {"get": op("Where each package of the channel is: stored, only upstream, only at a fallback origin, or nowhere (HEAD requests)")},
-            "/api/v1/gc": {"post": op("Garbage collection: delete snapshots past retention and unreferenced blobs older than the grace period ({\"dry_run\"?: bool})")},
-            "/api/v1/store/usage": {"get": op("Store contents by kind: packages, indices, metadata, unreferenced")}
-        }
-    })
 }

@@ -74,20 +74,35 @@ impl AdminClient {
                 self.base
             )
         })?;
-        let status = response.status();
-        let text = response
+        let text = successful(response)
+            .await?
             .text()
             .await
             .context("reading the server's answer")?;
-        if !status.is_success() {
-            let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            anyhow::bail!(
-                "{} ({})",
-                error["message"].as_str().unwrap_or(&text),
-                error["code"].as_str().unwrap_or(status.as_str())
-            );
-        }
         serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+
+    /// GETs `path` and copies the body to `out` as it arrives (exports too long to hold).
+    pub async fn download(&self, path: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("x-aptgate-actor", &self.actor)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the aptgate server at {}", self.base))?;
+        let mut response = successful(response).await?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("the answer from {url} broke off"))?
+        {
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        Ok(())
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -101,6 +116,24 @@ impl AdminClient {
     ) -> anyhow::Result<T> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
+}
+
+/// The response if its status is a success; else the API's error as a message with its code.
+async fn successful(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response
+        .text()
+        .await
+        .context("reading the server's answer")?;
+    let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    anyhow::bail!(
+        "{} ({})",
+        error["message"].as_str().unwrap_or(&text),
+        error["code"].as_str().unwrap_or(status.as_str())
+    )
 }
 
 /// A path segment, percent-encoded.

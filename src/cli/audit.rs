@@ -1,4 +1,5 @@
-//! `aptgate audit`: the audit log, newest first.
+//! `aptgate audit`: the audit log, newest first; `--export` writes all of it, oldest first, as
+//! JSON lines (for a SIEM or an auditor; the log itself cannot be changed).
 
 use super::admin_client::{date, encode, AdminClient};
 use aptgate_channels::catalog::AuditEntry;
@@ -15,6 +16,12 @@ pub struct AuditArgs {
     limit: i64,
     #[arg(long)]
     json: bool,
+    /// Write the whole log, oldest first, as JSON lines (ignores the filters above).
+    #[arg(long)]
+    export: bool,
+    /// With --export: only entries after this id (the last exported line's `id`).
+    #[arg(long, requires = "export")]
+    after_id: Option<i64>,
 }
 
 pub async fn run(api: &AdminClient, args: AuditArgs) -> anyhow::Result<()> {
@@ -23,7 +30,13 @@ pub async fn run(api: &AdminClient, args: AuditArgs) -> anyhow::Result<()> {
         action,
         limit,
         json,
+        export,
+        after_id,
     } = args;
+    if export {
+        let path = format!("audit/export?after_id={}", after_id.unwrap_or(0));
+        return api.download(&path, &mut std::io::stdout().lock()).await;
+    }
     let mut query = format!("audit?limit={limit}");
     if let Some(c) = channel {
         query.push_str(&format!("&channel={}", encode(&c)));

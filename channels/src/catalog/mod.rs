@@ -199,6 +199,12 @@ impl Catalog {
         queries::audit(&mut conn, filter).await
     }
 
+    /// Up to `limit` audit entries with an id above `after_id`, oldest first.
+    pub async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditEntry>> {
+        let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;
+        queries::audit_after(&mut conn, after_id, limit).await
+    }
+
     /// Creates the channel (unpublished) unless it exists.
     pub async fn ensure_channel(&self, name: &str, now: i64) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(query("acquire"))?;

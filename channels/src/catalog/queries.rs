@@ -354,10 +354,33 @@ pub async fn audit(conn: &mut AnyConnection, filter: &AuditFilter) -> Result<Vec
         q = q.bind(since);
     }
     q = q.bind(filter.limit.unwrap_or(100));
-    q.fetch_all(&mut *conn)
+    let rows = q
+        .fetch_all(&mut *conn)
         .await
-        .map_err(query("read audit log"))?
-        .into_iter()
+        .map_err(query("read audit log"))?;
+    audit_entries(rows)
+}
+
+/// Up to `limit` audit entries with an id above `after_id`, oldest first: the export's pages.
+pub async fn audit_after(
+    conn: &mut AnyConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<AuditEntry>> {
+    let rows = sqlx::query_as::<_, AuditRow>(
+        "SELECT id, at, actor, action, channel, from_snapshot, to_snapshot, comment, summary \
+         FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query("read audit log"))?;
+    audit_entries(rows)
+}
+
+fn audit_entries(rows: Vec<AuditRow>) -> Result<Vec<AuditEntry>> {
+    rows.into_iter()
         .map(|r| {
             Ok(AuditEntry {
                 id: r.id,
