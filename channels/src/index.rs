@@ -4,6 +4,7 @@
 //! suites (tens of MB). Each stanza keeps its raw text, so a rendered index repeats upstream's
 //! stanzas byte for byte.
 
+use aptgate_mirror::path::PoolPath;
 use std::io::Write;
 
 /// One package as a `Packages` index describes it.
@@ -26,75 +27,112 @@ pub struct Stanza<'a> {
 pub struct IndexError {
     pub index: usize,
     pub name: String,
-    pub why: &'static str,
+    pub why: String,
 }
 
-/// Splits an index into stanzas; every stanza must name its file, size and sha256.
+/// Splits an index into stanzas; every stanza must be well formed (see [`parse_upstream`]).
+/// For indices aptgate rendered itself, whose stanzas were all checked on the way in.
 pub fn parse(text: &str) -> Result<Vec<Stanza<'_>>, IndexError> {
-    let mut out = Vec::new();
-    for (index, raw) in text.split("\n\n").enumerate() {
-        let raw = raw.trim_matches('\n');
-        if raw.is_empty() {
+    stanzas(text).collect()
+}
+
+/// An upstream index: the stanzas that can be recorded, and why the others cannot.
+#[derive(Debug, Default)]
+pub struct Upstream<'a> {
+    pub stanzas: Vec<Stanza<'a>>,
+    pub refused: Vec<IndexError>,
+}
+
+/// Splits an upstream index into stanzas, refusing each one that cannot be verified or used
+/// safely — no `Filename`, `Size` or `SHA256`, a field it relies on twice, a `Filename` that
+/// is not a clean path inside the repository ([`PoolPath`]) — without refusing the others.
+pub fn parse_upstream(text: &str) -> Upstream<'_> {
+    let mut out = Upstream::default();
+    for stanza in stanzas(text) {
+        match stanza {
+            Ok(s) => out.stanzas.push(s),
+            Err(e) => out.refused.push(e),
+        }
+    }
+    out
+}
+
+/// The fields a stanza is read for, matched case-insensitively (as apt matches names).
+const FIELDS: [&str; 7] = [
+    "Package",
+    "Version",
+    "Architecture",
+    "Source",
+    "Filename",
+    "Size",
+    "SHA256",
+];
+
+fn stanzas(text: &str) -> impl Iterator<Item = Result<Stanza<'_>, IndexError>> {
+    text.split("\n\n")
+        .map(|raw| raw.trim_matches('\n'))
+        .filter(|raw| !raw.is_empty())
+        .enumerate()
+        .map(|(index, raw)| parse_stanza(index, raw))
+}
+
+fn parse_stanza(index: usize, raw: &str) -> Result<Stanza<'_>, IndexError> {
+    let mut values: [Option<&str>; FIELDS.len()] = [None; FIELDS.len()];
+    let mut twice = None;
+    for line in raw.lines() {
+        if line.starts_with([' ', '\t']) {
             continue;
         }
-        let mut s = Stanza {
-            text: raw,
-            name: "",
-            version: "",
-            architecture: "",
-            source: "",
-            filename: "",
-            size: 0,
-            sha256: "",
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
         };
-        let mut size = None;
-        for line in raw.lines() {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            if line.starts_with([' ', '\t']) {
-                continue;
-            }
-            let value = value.trim();
-            match key {
-                "Package" => s.name = value,
-                "Version" => s.version = value,
-                "Architecture" => s.architecture = value,
-                "Source" => s.source = value.split(' ').next().unwrap_or(value),
-                "Filename" => s.filename = value,
-                "Size" => size = value.parse().ok(),
-                "SHA256" => s.sha256 = value,
-                _ => {}
-            }
-        }
-        let err = |why| IndexError {
-            index,
-            name: s.name.to_owned(),
-            why,
+        let Some(field) = FIELDS.iter().position(|f| f.eq_ignore_ascii_case(key)) else {
+            continue;
         };
-        if s.name.is_empty() || s.version.is_empty() || s.architecture.is_empty() {
-            return Err(err("no Package, Version or Architecture"));
+        if values[field].replace(value.trim()).is_some() {
+            twice.get_or_insert(FIELDS[field]);
         }
-        if s.filename.is_empty() || s.sha256.len() != 64 {
-            return Err(err("no Filename or SHA256"));
-        }
-        if !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("SHA256 is not hexadecimal"));
-        }
-        // Package tables keep these fields tab-separated, one package a line.
-        let fields = [s.name, s.version, s.architecture, s.source, s.filename];
-        if fields.iter().any(|f| f.contains(|c: char| c.is_control())) {
-            return Err(err(
-                "a control character in Package, Version, Architecture, Source or Filename",
-            ));
-        }
-        s.size = size.ok_or_else(|| err("no Size"))?;
-        if s.source.is_empty() {
-            s.source = s.name;
-        }
-        out.push(s);
     }
-    Ok(out)
+    let [name, version, architecture, source, filename, size, sha256] =
+        values.map(Option::unwrap_or_default);
+    let err = |why: String| IndexError {
+        index,
+        name: name.to_owned(),
+        why,
+    };
+    if let Some(field) = twice {
+        return Err(err(format!("{field} appears twice")));
+    }
+    if name.is_empty() || version.is_empty() || architecture.is_empty() {
+        return Err(err("no Package, Version or Architecture".into()));
+    }
+    if filename.is_empty() || sha256.len() != 64 {
+        return Err(err("no Filename or SHA256".into()));
+    }
+    if !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err("SHA256 is not hexadecimal".into()));
+    }
+    let source = source.split(' ').next().unwrap_or(source);
+    // Package tables keep these fields tab-separated, one package a line.
+    let fields = [name, version, architecture, source, filename];
+    if fields.iter().any(|f| f.contains(|c: char| c.is_control())) {
+        return Err(err(
+            "a control character in Package, Version, Architecture, Source or Filename".into(),
+        ));
+    }
+    // The path becomes an upstream URL, a store record and a served path.
+    PoolPath::parse(filename).map_err(|e| err(e.to_string()))?;
+    let size = size.parse().map_err(|_| err("no Size".into()))?;
+    Ok(Stanza {
+        text: raw,
+        name,
+        version,
+        architecture,
+        source: if source.is_empty() { name } else { source },
+        filename,
+        size,
+        sha256,
+    })
 }
 
 /// Renders stanzas as an index: each stanza's raw text, separated by blank lines.
@@ -386,6 +424,37 @@ mod tests {
         assert!(parse(&tab).is_err(), "a tab would break the package table");
         let not_hex = stanza("a", "1", "").replace(SHA, &"z".repeat(64));
         assert!(parse(&not_hex).is_err());
+    }
+
+    #[test]
+    fn upstream_stanzas_are_refused_one_by_one() {
+        let climbing = stanza("evil", "1", "").replace(
+            "Filename: pool/main/",
+            "Filename: pool/main/../../../../tmp/",
+        );
+        let twice = stanza("twice", "1", "size: 11\n");
+        let encoded = stanza("enc", "1", "").replace("pool/main/", "pool/%2e%2e/");
+        let text = render([
+            stanza("good", "1", "").as_str(),
+            &climbing,
+            &twice,
+            &encoded,
+            "Package: nosum\nVersion: 1\nArchitecture: all\nFilename: pool/x.deb\nSize: 1",
+            stanza("also-good", "1", "").as_str(),
+        ]);
+        let parsed = parse_upstream(&text);
+        let names: Vec<&str> = parsed.stanzas.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["good", "also-good"]);
+        let why: Vec<String> = parsed.refused.iter().map(|e| e.to_string()).collect();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(
+            why[0].contains("evil") && why[0].contains("'..'"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("Size appears twice"), "{why:?}");
+        assert!(why[2].contains("percent-decoded"), "{why:?}");
+        assert!(why[3].contains("no Filename or SHA256"), "{why:?}");
+        assert!(parse(&text).is_err(), "rendered indices are all or nothing");
     }
 
     #[test]

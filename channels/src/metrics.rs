@@ -1,5 +1,5 @@
 //! The channels' counters and gauges at `/metrics` (Prometheus text format): retention
-//! (rescues) and garbage collection.
+//! (rescues), garbage collection and refused upstream stanzas.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ pub struct Metrics {
     pub gc_snapshots_deleted: AtomicU64,
     pub gc_blobs_deleted: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
+    pub refused_stanzas: AtomicU64,
 }
 
 impl Metrics {
@@ -22,7 +23,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
             (
                 "rescued_total",
                 "counter",
@@ -64,6 +65,12 @@ impl Metrics {
                 "counter",
                 "Bytes garbage collection freed.",
                 &self.gc_bytes_freed,
+            ),
+            (
+                "refused_stanzas_total",
+                "counter",
+                "Upstream Packages stanzas refused by a sync: an unsafe Filename, or no way to check the file.",
+                &self.refused_stanzas,
             ),
         ];
         let mut out = String::new();

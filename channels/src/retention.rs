@@ -14,6 +14,7 @@ use crate::manifest::*;
 use crate::service::*;
 use aptgate_mirror::batch::Wanted;
 use aptgate_mirror::origins::join_url;
+use aptgate_mirror::path::PoolPath;
 use aptgate_mirror::{MirrorError, Sha256};
 use futures::StreamExt as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -257,13 +258,33 @@ impl Channels {
                 }));
                 continue;
             }
+            // Paths were checked when their index was read; rows recorded before that check
+            // existed are checked again here, before any becomes a URL or a store record.
+            let (wanted, unsafe_paths): (Vec<_>, Vec<_>) = wanted
+                .into_iter()
+                .map(|w| match PoolPath::parse(&w.filename) {
+                    Ok(path) => Ok((w, path)),
+                    Err(e) => Err((w, e)),
+                })
+                .partition(Result::is_ok);
+            failures.extend(
+                unsafe_paths
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|(w, e)| {
+                        let why = e.to_string();
+                        (w, why)
+                    }),
+            );
+            let wanted: Vec<(Leaver, PoolPath)> =
+                wanted.into_iter().filter_map(Result::ok).collect();
             let count = wanted.len() as u64;
             let leavers: HashMap<Sha256, Leaver> =
-                wanted.iter().map(|w| (w.sha256, w.clone())).collect();
+                wanted.iter().map(|(w, _)| (w.sha256, w.clone())).collect();
             let batch: Vec<Wanted> = wanted
                 .into_iter()
-                .map(|w| Wanted {
-                    path: w.filename,
+                .map(|(w, path)| Wanted {
+                    path,
                     digest: w.sha256,
                     size: w.size,
                 })

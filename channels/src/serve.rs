@@ -4,6 +4,7 @@
 use crate::error::{ChannelsError, Result};
 use crate::manifest::*;
 use crate::service::*;
+use aptgate_mirror::path::PoolPath;
 use aptgate_mirror::{MirrorError, Resolved, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,7 +148,13 @@ impl Channels {
             what: format!("fetching {path}"),
             source,
         };
-        let upstream = match self.mirror.fetch_blob(&origin, path, digest, size).await {
+        let pool_path = PoolPath::parse(path)
+            .map_err(|e| mirror_error(MirrorError::BadRequest(e.to_string())))?;
+        let upstream = match self
+            .mirror
+            .fetch_blob(&origin, &pool_path, digest, size)
+            .await
+        {
             Ok(Resolved::Streaming(flight)) => match flight.started().await {
                 Ok(()) => return Ok(Resolved::Streaming(flight)),
                 Err(failure) if failure.not_found => MirrorError::NotFound {

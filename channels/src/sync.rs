@@ -9,10 +9,12 @@ use crate::catalog::*;
 use crate::error::{ChannelsError, Result};
 use crate::index;
 use crate::manifest::*;
+use crate::metrics::Metrics;
 use crate::retention::Leaver;
 use crate::service::*;
 use crate::table::PackageTable;
 use aptgate_config::{FetchPolicy, SourceConfig};
+use aptgate_mirror::release::SuiteRelease;
 use aptgate_mirror::Sha256;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -314,7 +316,7 @@ impl Channels {
                     .map_err(mirror_err(format!("{source_name} {suite} {rest}")))?;
                 let before = previous.and_then(|p| p.indices.get(&key));
                 let read = self
-                    .read_index(source_name, suite, &rest, digest, before)
+                    .read_index(source_name, suite, &rest, digest, before, &release)
                     .await?;
                 if let Some(new) = read.new {
                     packages.extend(new);
@@ -326,7 +328,9 @@ impl Channels {
     }
 
     /// Reads an upstream index (stored as `digest`): the last sync's files if it read the
-    /// same bytes, else decompressed, parsed, its packages and table made.
+    /// same bytes, else decompressed (no further than `release` allows), parsed, its packages
+    /// and table made. Stanzas that cannot be used are refused, counted and left out of the
+    /// snapshot's index; upstream's compressed forms, which still hold them, are not served.
     async fn read_index(
         &self,
         source_name: &str,
@@ -334,6 +338,7 @@ impl Channels {
         rest: &str,
         digest: Sha256,
         before: Option<&IndexFiles>,
+        release: &SuiteRelease,
     ) -> Result<ReadIndex> {
         let upstream_file = if rest.ends_with(".xz") {
             before.and_then(|f| f.xz)
@@ -368,42 +373,67 @@ impl Channels {
         let what = format!("{source_name} {suite} {rest}");
         let origin = source_name.to_owned();
         let name = rest.to_owned();
+        let cap = release.inflate_cap(rest, upstream.size);
         // Decompressing and parsing a large suite takes a while: off the async workers.
         let parsed = tokio::task::spawn_blocking(move || -> Result<_> {
-            let plain = aptgate_mirror::packages::decompress(&name, &stored).map_err(|source| {
-                ChannelsError::Io {
-                    what: format!("decompressing {what}"),
-                    source,
-                }
-            })?;
+            let plain =
+                aptgate_mirror::packages::decompress(&name, &stored, cap).map_err(|source| {
+                    ChannelsError::Io {
+                        what: format!("decompressing {what}"),
+                        source,
+                    }
+                })?;
             let text = String::from_utf8(plain).map_err(|e| ChannelsError::CorruptBlob {
                 what: "index",
                 digest: digest.to_hex(),
                 reason: e.to_string(),
             })?;
+            let (text, refused, upstream_text) = checked_index(text);
             let stanzas =
                 index::parse(&text).map_err(|source| ChannelsError::Index { what, source })?;
             let packages: Vec<NewPackage> =
                 stanzas.iter().map(|s| new_package(s, &origin)).collect();
             let table = PackageTable::from_stanzas(&text, &stanzas);
             drop(stanzas);
-            Ok((text, packages, table))
+            Ok((text, packages, table, refused, upstream_text))
         })
         .await
         .expect("index parsing does not panic")?;
-        let (text, packages, table) = parsed;
+        let (text, packages, table, refused, upstream_text) = parsed;
+        self.count_refused(source_name, suite, rest, &refused);
         let plain = self.put_blob(text.as_bytes()).await?;
         let files = IndexFiles {
             packages: packages.len() as u64,
             plain,
-            xz: rest.ends_with(".xz").then_some(upstream),
-            gz: rest.ends_with(".gz").then_some(upstream),
+            xz: (upstream_text && rest.ends_with(".xz")).then_some(upstream),
+            gz: (upstream_text && rest.ends_with(".gz")).then_some(upstream),
             table: Some(self.put_table(&plain, table).await?),
         };
         Ok(ReadIndex {
             files,
             new: Some(packages),
         })
+    }
+
+    /// Counts and logs the stanzas of an upstream index that were refused.
+    fn count_refused(&self, source: &str, suite: &str, index: &str, refused: &[index::IndexError]) {
+        if refused.is_empty() {
+            return;
+        }
+        Metrics::add(&self.metrics.refused_stanzas, refused.len() as u64);
+        // A hostile index may hold millions: the first few name the problem.
+        for e in refused.iter().take(10) {
+            warn!(source, suite, index, reason = %e, "refused an upstream Packages stanza: it is not recorded, fetched or served");
+        }
+        if refused.len() > 10 {
+            warn!(
+                source,
+                suite,
+                index,
+                refused = refused.len(),
+                "refused more upstream Packages stanzas"
+            );
+        }
     }
 
     /// Packages the last sync's manifest listed and `new` does not: they left upstream's
@@ -454,6 +484,26 @@ impl Channels {
         }
         Ok(gone.into_values().collect())
     }
+}
+
+/// An upstream index as a snapshot keeps it: upstream's text when every stanza is usable and
+/// its lines end in LF, else the usable stanzas rendered again (LF, each byte for byte). Also
+/// returns the refused stanzas and whether the text is upstream's own (so upstream's
+/// compressed forms may be served with it).
+fn checked_index(text: String) -> (String, Vec<index::IndexError>, bool) {
+    let crlf = text.contains('\r');
+    let lf_text = if crlf {
+        text.replace("\r\n", "\n")
+    } else {
+        text
+    };
+    let parsed = index::parse_upstream(&lf_text);
+    if parsed.refused.is_empty() && !crlf {
+        drop(parsed);
+        return (lf_text, Vec::new(), true);
+    }
+    let rendered = index::render(parsed.stanzas.iter().map(|s| s.text));
+    (rendered, parsed.refused, false)
 }
 
 pub(crate) fn new_package(s: &index::Stanza, origin: &str) -> NewPackage {

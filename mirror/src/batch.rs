@@ -10,6 +10,7 @@ use crate::digest::Sha256;
 use crate::error::MirrorError;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::path::PoolPath;
 use crate::store::{Expected, Pending, StoreError};
 use crate::upstream;
 use futures::StreamExt as _;
@@ -28,7 +29,7 @@ const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// A file to store: where the source has it and what it must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
-    pub path: String,
+    pub path: PoolPath,
     pub digest: Sha256,
     pub size: u64,
 }
@@ -44,17 +45,14 @@ impl Mirror {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Vec<(Wanted, MirrorError)> {
         let (source_name, url_of) = match self.source(source_name) {
-            Ok((name, source)) => {
-                let base = source.url("");
-                (name.clone(), move |path: &str| format!("{base}{path}"))
-            }
+            Ok((name, source)) => (name.clone(), |path: &PoolPath| source.url(path.as_str())),
             Err(e) => {
                 let reason = e.to_string();
                 return wanted
                     .into_iter()
                     .map(|w| {
                         let e = MirrorError::Upstream {
-                            url: w.path.clone(),
+                            url: w.path.to_string(),
                             reason: reason.clone(),
                         };
                         (w, e)

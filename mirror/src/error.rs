@@ -15,6 +15,8 @@ pub enum MirrorError {
     NotFound { what: String },
     #[error("dists/{suite}/{rest} is not listed in the verified Release of {suite}")]
     NotListed { suite: String, rest: String },
+    #[error("{path}: upstream's index lists it in a stanza aptgate refused ({why})")]
+    RefusedStanza { path: String, why: String },
     #[error("upstream {url}: {reason}")]
     Upstream { url: String, reason: String },
     #[error("upstream {url} failed verification: {reason}")]
@@ -37,6 +39,7 @@ impl MirrorError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Self::NotListed { .. } => (StatusCode::NOT_FOUND, "not_listed"),
+            Self::RefusedStanza { .. } => (StatusCode::FORBIDDEN, "refused_stanza"),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             Self::Verification { .. } => (StatusCode::BAD_GATEWAY, "upstream_unverified"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -55,6 +58,11 @@ impl MirrorError {
             )),
             Self::Verification { .. } => Some(
                 "check the source's keyring in the aptgate configuration, and the upstream itself"
+                    .into(),
+            ),
+            Self::RefusedStanza { .. } => Some(
+                "the stanza cannot be verified or names an unsafe path; the server log says which, \
+                 and the metric aptgate_mirror_refused_stanzas_total counts them"
                     .into(),
             ),
             _ => None,

@@ -87,6 +87,7 @@ impl Keyring {
     /// Verifies a cleartext-signed document (an `InRelease`) and returns the signed text,
     /// with LF line endings, exactly as it was signed. Only that text may be trusted.
     pub fn verify_cleartext(&self, document: &str) -> Result<String, SignatureError> {
+        check_clearsigned_frame(document)?;
         let (message, _) = CleartextSignedMessage::from_string(document)
             .map_err(|e| SignatureError::NotSigned(e.to_string()))?;
         if message.signatures().is_empty() {
@@ -176,20 +177,123 @@ fn parse_keys(bytes: &[u8]) -> Vec<SignedPublicKey> {
     iter.filter_map(Result::ok).collect()
 }
 
-fn parse_detached(signature: &[u8]) -> Result<Vec<StandaloneSignature>, SignatureError> {
-    let armored = signature.trim_ascii_start().starts_with(b"-----BEGIN");
-    let iter: Box<dyn Iterator<Item = pgp::errors::Result<StandaloneSignature>>> = if armored {
-        StandaloneSignature::from_armor_many(Cursor::new(signature.to_vec()))
-            .map_err(|e| SignatureError::BadDetached(e.to_string()))?
-            .0
-    } else {
-        StandaloneSignature::from_bytes_many(Cursor::new(signature.to_vec()))
-    };
-    let sigs: Vec<_> = iter.filter_map(Result::ok).collect();
-    if sigs.is_empty() {
-        return Err(SignatureError::BadDetached("no signature packet".into()));
+const SIGNED_MESSAGE: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
+const SIGNATURE_BEGIN: &str = "-----BEGIN PGP SIGNATURE-----";
+const SIGNATURE_END: &str = "-----END PGP SIGNATURE-----";
+
+/// Checks the shape of a cleartext-signed document line by line, as apt does before it asks
+/// gpgv (CVE-2013-1051): the document starts with the signed-message line, its `Hash:`
+/// headers end at an empty line, every signed line starting with `-` is dash-escaped, and
+/// after the signature blocks only empty lines follow. Unsigned text before or after the
+/// signed part, or an armour line that is not exactly the expected one, is refused rather
+/// than left for a parser to skip.
+fn check_clearsigned_frame(document: &str) -> Result<(), SignatureError> {
+    enum State {
+        Start,
+        Headers,
+        Body,
+        Signature,
+        AfterSignature,
     }
-    Ok(sigs)
+    let refuse =
+        |n: usize, why: &str| Err(SignatureError::NotSigned(format!("line {}: {why}", n + 1)));
+    let mut state = State::Start;
+    for (n, line) in document.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        state = match state {
+            State::Start if line == SIGNED_MESSAGE => State::Headers,
+            State::Start => return refuse(n, "text before the signed message"),
+            State::Headers if line.is_empty() => State::Body,
+            State::Headers if line.starts_with("Hash: ") => State::Headers,
+            State::Headers => return refuse(n, "not a Hash: armour header"),
+            State::Body if line == SIGNATURE_BEGIN => State::Signature,
+            State::Body if line.starts_with('-') && !line.starts_with("- ") => {
+                return refuse(n, "a line starting with a dash that is not dash-escaped")
+            }
+            State::Body => State::Body,
+            State::Signature if line == SIGNATURE_END => State::AfterSignature,
+            State::Signature if line.starts_with('-') => {
+                return refuse(n, "a mangled armour line in the signature")
+            }
+            State::Signature => State::Signature,
+            State::AfterSignature if line.is_empty() => State::AfterSignature,
+            State::AfterSignature if line == SIGNATURE_BEGIN => State::Signature,
+            State::AfterSignature => return refuse(n, "unsigned text after the signature"),
+        };
+    }
+    match state {
+        State::AfterSignature => Ok(()),
+        _ => Err(SignatureError::NotSigned(
+            "the signed message or its signature is not closed".into(),
+        )),
+    }
+}
+
+/// Parses a detached signature file (`Release.gpg`): one or more armoured signature blocks
+/// with only empty lines around them, or binary signature packets. Every packet must parse
+/// and be a signature: bytes before, between or after the signatures (the CVE-2019-3462
+/// payload trick) are refused, never skipped.
+fn parse_detached(signature: &[u8]) -> Result<Vec<StandaloneSignature>, SignatureError> {
+    let bad = |why: String| SignatureError::BadDetached(why);
+    let armored = signature.starts_with(SIGNATURE_BEGIN.as_bytes());
+    let mut packets = Vec::new();
+    if armored {
+        let text = std::str::from_utf8(signature).map_err(|_| bad("not UTF-8 text".into()))?;
+        let mut block: Option<String> = None;
+        for (n, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            match &mut block {
+                None if line.is_empty() => {}
+                None if line == SIGNATURE_BEGIN => block = Some(format!("{line}\n")),
+                None => return Err(bad(format!("line {}: not part of a signature", n + 1))),
+                Some(b) if line == SIGNATURE_END => {
+                    b.push_str(line);
+                    b.push('\n');
+                    packets.extend(dearmor(b).map_err(bad)?);
+                    block = None;
+                }
+                Some(_) if line.starts_with('-') => {
+                    return Err(bad(format!("line {}: a mangled armour line", n + 1)))
+                }
+                Some(b) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+            }
+        }
+        if block.is_some() {
+            return Err(bad("a signature block is not closed".into()));
+        }
+    } else {
+        packets = signature_packets(signature).map_err(bad)?;
+    }
+    if packets.is_empty() {
+        return Err(bad("no signature packet".into()));
+    }
+    Ok(packets)
+}
+
+/// The packets of one armoured block.
+fn dearmor(block: &str) -> Result<Vec<StandaloneSignature>, String> {
+    let mut dearmor = pgp::armor::Dearmor::new(block.as_bytes());
+    dearmor.read_header().map_err(|e| e.to_string())?;
+    if dearmor.typ != Some(pgp::armor::BlockType::Signature) {
+        return Err("not a signature block".into());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut dearmor, &mut bytes).map_err(|e| e.to_string())?;
+    signature_packets(&bytes)
+}
+
+/// Every packet in `bytes`, each of which must be a signature.
+fn signature_packets(bytes: &[u8]) -> Result<Vec<StandaloneSignature>, String> {
+    pgp::packet::PacketParser::new(bytes)
+        .map(|packet| match packet {
+            Ok(pgp::packet::Packet::Signature(sig)) => Ok(StandaloneSignature::new(sig)),
+            Ok(other) => Err(format!("a {:?} packet among the signatures", other.tag())),
+            Err(e) => Err(format!("bytes that are not a signature packet ({e})")),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -278,5 +382,130 @@ mod tests {
         assert!(err.contains("empty.gpg"), "{err}");
         let missing = Keyring::load(&[dir.path().join("missing.asc")], &[]).unwrap_err();
         assert!(matches!(missing, KeyringError::Read { .. }));
+    }
+
+    fn detached_sign(secret: &SignedSecretKey, data: &[u8]) -> String {
+        use pgp::packet::{SignatureConfig, SignatureType, Subpacket, SubpacketData};
+        let key = &secret.secret_subkeys[0];
+        let mut config = SignatureConfig::v4(
+            SignatureType::Binary,
+            key.algorithm(),
+            HashAlgorithm::SHA2_256,
+        );
+        config.hashed_subpackets = vec![
+            Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint())),
+            Subpacket::regular(SubpacketData::SignatureCreationTime(
+                chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+            )),
+        ];
+        let signature = config.sign(key, String::new, data).unwrap();
+        StandaloneSignature::new(signature)
+            .to_armored_string(Default::default())
+            .unwrap()
+    }
+
+    fn keyring_for(public: &SignedPublicKey) -> Keyring {
+        Keyring::load(
+            &[],
+            &[public.to_armored_string(Default::default()).unwrap()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn inrelease_with_unsigned_text_around_the_signed_part_is_refused() {
+        let (secret, public) = key_with_signing_subkey("frame <frame@aptgate.invalid>");
+        let keyring = keyring_for(&public);
+        let text = "Origin: Test\nSuite: stable\nSHA256:\n 00 1 main/binary-amd64/Packages\n";
+        let signed = sign_with_subkey(&secret, text);
+        assert_eq!(keyring.verify_cleartext(&signed).unwrap(), text);
+        let evil = "Origin: Evil\nSHA256:\n ff 1 main/binary-amd64/Packages\n";
+        let begin = "-----BEGIN PGP SIGNED MESSAGE-----";
+        let sig = "-----BEGIN PGP SIGNATURE-----";
+        for (case, document) in [
+            ("appended", format!("{signed}{evil}")),
+            ("appended after a blank line", format!("{signed}\n{evil}")),
+            ("prepended", format!("{evil}\n{signed}")),
+            ("leading blank line", format!("\n{signed}")),
+            (
+                "leading space on the armour line",
+                signed.replacen(begin, &format!(" {begin}"), 1),
+            ),
+            (
+                "trailing space on the armour line",
+                signed.replacen(begin, &format!("{begin} "), 1),
+            ),
+            (
+                "mangled armour line",
+                signed.replacen(begin, "-----BEGIN PGP SIGNED MESSAGE----", 1),
+            ),
+            (
+                "mangled signature line",
+                signed.replacen(sig, "-----BEGIN PGP SIGNATURE----- ", 1),
+            ),
+            (
+                "undashed line in the text",
+                signed.replacen("Suite: stable", "-----Suite: stable", 1),
+            ),
+            (
+                "an extra armour header",
+                signed.replacen("Hash: SHA256", "Hash: SHA256\nComment: x", 1),
+            ),
+            ("two signed messages", format!("{signed}{signed}")),
+        ] {
+            let err = keyring.verify_cleartext(&document);
+            assert!(
+                matches!(err, Err(SignatureError::NotSigned(_))),
+                "{case}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_gpg_with_bytes_around_or_between_its_signatures_is_refused() {
+        let (secret, public) = key_with_signing_subkey("detached <detached@aptgate.invalid>");
+        let keyring = keyring_for(&public);
+        let release = b"Origin: Test\nSuite: stable\n";
+        let sig = detached_sign(&secret, release);
+        keyring.verify_detached(release, sig.as_bytes()).unwrap();
+        let two = format!("{sig}{sig}");
+        keyring.verify_detached(release, two.as_bytes()).unwrap();
+        let payload = "Origin: Evil\nSuite: stable\n";
+        for (case, file) in [
+            ("payload after", format!("{sig}{payload}")),
+            ("payload before", format!("{payload}{sig}")),
+            ("payload between", format!("{sig}{payload}{sig}")),
+            (
+                "mangled armour",
+                sig.replacen(
+                    "-----END PGP SIGNATURE-----",
+                    "-----END PGP SIGNATURE----",
+                    1,
+                ),
+            ),
+        ] {
+            let err = keyring.verify_detached(release, file.as_bytes());
+            assert!(
+                matches!(err, Err(SignatureError::BadDetached(_))),
+                "{case}: {err:?}"
+            );
+        }
+
+        // Binary: the same packets with a literal data packet or junk after them.
+        let (mut binary, _) = {
+            let mut d = pgp::armor::Dearmor::new(sig.as_bytes());
+            d.read_header().unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut d, &mut bytes).unwrap();
+            (bytes, ())
+        };
+        keyring.verify_detached(release, &binary).unwrap();
+        let literal = pgp::packet::LiteralData::from_bytes((&b""[..]).into(), payload.as_bytes());
+        let mut with_literal = binary.clone();
+        pgp::ser::Serialize::to_writer(&pgp::packet::Packet::from(literal), &mut with_literal)
+            .unwrap();
+        assert!(keyring.verify_detached(release, &with_literal).is_err());
+        binary.extend_from_slice(b"\x00\x01junk after the packets");
+        assert!(keyring.verify_detached(release, &binary).is_err());
     }
 }

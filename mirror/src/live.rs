@@ -8,6 +8,7 @@ use crate::packages;
 use aptgate_config::SourceName;
 use std::collections::HashSet;
 use std::io;
+use tracing::warn;
 
 /// The mirror's share of the live blobs, by kind.
 #[derive(Debug, Default)]
@@ -57,7 +58,7 @@ impl Mirror {
                 let Some(release) = self.load_stored_release(name, source, &suite).await else {
                     continue;
                 };
-                for (path, (digest, _)) in &release.files {
+                for (path, (digest, size)) in &release.files {
                     if !self.store().contains(digest) {
                         continue;
                     }
@@ -65,15 +66,21 @@ impl Mirror {
                     if packages::is_packages_index(path) {
                         let blob = self.store().blob_path(digest);
                         let file_name = path.clone();
-                        let entries = tokio::task::spawn_blocking(move || {
+                        let cap = release.inflate_cap(path, *size);
+                        let scan = tokio::task::spawn_blocking(move || {
                             let bytes = fs_err::read(blob)?;
                             Ok::<_, io::Error>(packages::pool_entries(&packages::decompress(
-                                &file_name, &bytes,
+                                &file_name, &bytes, cap,
                             )?))
                         })
                         .await
-                        .map_err(io::Error::other)??;
-                        listed.extend(entries.into_iter().map(|(_, e)| e.sha256));
+                        .map_err(io::Error::other)?;
+                        match scan {
+                            Ok(scan) => listed.extend(scan.entries.iter().map(|(_, e)| e.sha256)),
+                            // Its pool files were never indexed either.
+                            Err(e) => warn!(source = %name, index = %path, error = %e,
+                                "cannot read a stored index"),
+                        }
                     }
                 }
             }

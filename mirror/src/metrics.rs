@@ -13,6 +13,7 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     pub coalesced_waiters: AtomicU64,
     pub stale_served: AtomicU64,
+    pub refused_stanzas: AtomicU64,
 }
 
 impl Metrics {
@@ -21,7 +22,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 9] = [
             ("requests", "Requests to /mirror/.", &self.requests),
             (
                 "bytes_served",
@@ -57,6 +58,11 @@ impl Metrics {
                 "stale_served",
                 "Release files served stale because upstream was unreachable.",
                 &self.stale_served,
+            ),
+            (
+                "refused_stanzas",
+                "Stanzas of verified Packages indices refused: an unsafe Filename, or no way to check the file.",
+                &self.refused_stanzas,
             ),
         ];
         let mut out = String::new();

@@ -22,7 +22,7 @@ use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::packages::{self, PoolEntry};
 use crate::passthrough::PassFlight;
-use crate::path::MirrorPath;
+use crate::path::{encode_for_upstream, MirrorPath, PoolPath};
 use crate::refs::{PathRecord, Refs};
 use crate::release::SuiteRelease;
 use crate::store::{Expected, Store};
@@ -69,11 +69,13 @@ pub(crate) struct Source {
 }
 
 impl Source {
+    /// Where `path` (a decoded request path, or a [`PoolPath`] as an index wrote it) is
+    /// upstream: percent-encoded once, as apt would ask for it.
     pub(crate) fn url(&self, path: &str) -> String {
         format!(
             "{}/{}",
             self.config.url.as_str().trim_end_matches('/'),
-            path
+            encode_for_upstream(path)
         )
     }
 }
@@ -102,6 +104,8 @@ pub struct Mirror {
     release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
     pool: RwLock<HashMap<SourceName, HashMap<String, PoolEntry>>>,
+    /// Files named by stanzas a verified index refused (path → why): never passed through.
+    refused: RwLock<HashMap<SourceName, HashMap<String, String>>>,
     /// Index blobs read (or being read) into `pool`, and sources whose stored indices were
     /// loaded.
     indices_read: Mutex<HashMap<Sha256, Arc<tokio::sync::OnceCell<()>>>>,
@@ -158,6 +162,7 @@ impl Mirror {
             release_locks: Mutex::default(),
             releases: RwLock::default(),
             pool: RwLock::default(),
+            refused: RwLock::default(),
             indices_read: Mutex::default(),
             unread: Mutex::default(),
             sources_loaded: tokio::sync::Mutex::default(),
@@ -256,25 +261,26 @@ impl Mirror {
     pub async fn fetch_blob(
         self: &Arc<Self>,
         source_name: &str,
-        path: &str,
+        path: &PoolPath,
         digest: Sha256,
         size: u64,
     ) -> Result<Resolved, MirrorError> {
         let (name, source) = self.source(source_name)?;
         Metrics::inc(&self.metrics.requests);
-        self.blob_or_fetch(name, source, path, digest, size).await
+        self.blob_or_fetch(name, source, path.as_str(), digest, size)
+            .await
     }
 
     /// Like [`fetch_blob`](Self::fetch_blob), but waits until the blob is stored.
     pub async fn store_blob(
         self: &Arc<Self>,
         source_name: &str,
-        path: &str,
+        path: &PoolPath,
         digest: Sha256,
         size: u64,
     ) -> Result<Sha256, MirrorError> {
         let resolved = self.fetch_blob(source_name, path, digest, size).await?;
-        self.landed(resolved, path).await
+        self.landed(resolved, path.as_str()).await
     }
 
     pub(crate) async fn landed(

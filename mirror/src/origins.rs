@@ -6,7 +6,7 @@ use crate::digest::Sha256;
 use crate::error::MirrorError;
 use crate::metrics::Metrics;
 use crate::mirror::{Mirror, Resolved};
-use crate::path::MirrorPath;
+use crate::path::{encode_for_upstream, PoolPath};
 use crate::upstream;
 use std::sync::Arc;
 
@@ -88,11 +88,17 @@ impl Mirror {
 /// slash). Refuses paths that would climb out of it.
 pub fn join_url(root: &str, path: &str) -> Result<String, MirrorError> {
     let path = checked(path)?;
-    Ok(format!("{}/{}", root.trim_end_matches('/'), path))
+    Ok(format!(
+        "{}/{}",
+        root.trim_end_matches('/'),
+        encode_for_upstream(&path)
+    ))
 }
 
+/// A path from an index or a snapshot row, checked as a [`PoolPath`] (also after
+/// percent-decoding).
 fn checked(path: &str) -> Result<String, MirrorError> {
-    MirrorPath::try_from(path.to_owned())
+    PoolPath::parse(path)
         .map(|p| p.as_str().to_owned())
         .map_err(|e| MirrorError::BadRequest(e.to_string()))
 }

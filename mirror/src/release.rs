@@ -1,6 +1,7 @@
 //! Verified `Release` data: what a suite's signed index promises about every file it names.
 
 use crate::digest::Sha256;
+use crate::path::PoolPath;
 use chrono::{DateTime, Utc};
 use debian_packaging::repository::release::{ChecksumType, ReleaseFile};
 use std::collections::HashMap;
@@ -59,6 +60,11 @@ impl SuiteRelease {
             let entry = entry.map_err(|e| ReleaseError::Parse(e.to_string()))?;
             let digest = Sha256::from_hex(&entry.digest.digest_hex())
                 .map_err(|e| ReleaseError::Parse(e.to_string()))?;
+            // A listed path becomes part of a URL and a store record: one that climbs out of
+            // `dists/<suite>/` names nothing we would fetch.
+            if PoolPath::parse(entry.path).is_err() {
+                continue;
+            }
             files.insert(entry.path.to_owned(), (digest, entry.size));
             by_hash.insert(digest, entry.size);
         }
@@ -95,6 +101,15 @@ impl SuiteRelease {
         self.files.get(rest).copied()
     }
 
+    /// How far the compressed index `rest` (of `compressed` bytes) may inflate: to the size
+    /// listed for its uncompressed form, if listed (see [`crate::packages::inflate_cap`]).
+    pub fn inflate_cap(&self, rest: &str, compressed: u64) -> u64 {
+        let listed = crate::packages::uncompressed_name(rest)
+            .and_then(|plain| self.files.get(plain))
+            .map(|(_, size)| *size);
+        crate::packages::inflate_cap(listed, compressed)
+    }
+
     /// The `Packages` index of `<component>/binary-<arch>` this Release lists, below
     /// `dists/<suite>/`: `.xz` if listed, else `.gz`, else plain (the smallest first).
     pub fn packages_index(&self, component: &str, arch: &str) -> Option<String> {
@@ -129,6 +144,14 @@ ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3 main/binary-a
             Some("main/binary-amd64/Packages")
         );
         assert_eq!(r.packages_index("main", "arm64"), None);
+        assert_eq!(r.inflate_cap("main/binary-amd64/Packages.xz", 1), 3);
+    }
+
+    #[test]
+    fn paths_climbing_out_of_the_suite_are_not_listed() {
+        let text = RELEASE.replace("main/binary-amd64/Packages", "../../../etc/Packages");
+        let r = SuiteRelease::parse(&text).unwrap();
+        assert!(r.files.is_empty());
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct PackageSpec {
     pub provides: Option<String>,
     /// Bytes of random content installed by the package.
     pub payload: u64,
+    /// Keep the epoch in the pool file name, percent-encoded (`foo_1%3a2.0-1_all.deb`), as
+    /// some repositories do: the file on disk is named with a literal `%3a`.
+    pub epoch_in_file_name: bool,
 }
 
 impl PackageSpec {
@@ -75,6 +78,7 @@ impl PackageSpec {
             depends: None,
             provides: None,
             payload: SMALL_PAYLOAD,
+            epoch_in_file_name: false,
         }
     }
 
@@ -98,16 +102,25 @@ impl PackageSpec {
         self
     }
 
+    pub fn epoch_in_file_name(mut self) -> Self {
+        self.epoch_in_file_name = true;
+        self
+    }
+
     /// Path of the `.deb` relative to the repository root (the `Filename:` field).
     pub fn pool_path(&self) -> String {
         let prefix = match self.source.strip_prefix("lib") {
             Some(rest) if !rest.is_empty() => &self.source[..4],
             _ => &self.source[..1],
         };
-        let version = self
-            .version
-            .split_once(':')
-            .map_or(&*self.version, |(_, v)| v);
+        let encoded = self.version.replace(':', "%3a");
+        let version = if self.epoch_in_file_name {
+            &encoded
+        } else {
+            self.version
+                .split_once(':')
+                .map_or(&*self.version, |(_, v)| v)
+        };
         format!(
             "pool/{}/{prefix}/{}/{}_{version}_{}.deb",
             self.component, self.source, self.name, self.arch
@@ -130,6 +143,9 @@ pub struct FixtureSpec {
     /// archive does).
     pub valid_for: Option<TimeDelta>,
     pub key: TestKey,
+    /// Stanzas appended verbatim to every `Packages` index of the `main` component: hostile
+    /// or malformed entries that a signed index can still carry.
+    pub raw_stanzas: Vec<String>,
 }
 
 impl Default for FixtureSpec {
@@ -155,6 +171,7 @@ impl Default for FixtureSpec {
             date_offset: TimeDelta::zero(),
             valid_for: Some(TimeDelta::days(7)),
             key: TestKey::Primary,
+            raw_stanzas: Vec::new(),
         }
     }
 }
@@ -212,6 +229,9 @@ pub struct FixtureRepo {
     /// `.deb` files already in the pool, by pool path: regenerating reuses them, so a published
     /// file never changes (and a test's `corrupt` is not silently re-indexed).
     built: HashMap<String, (u64, MultiContentDigest)>,
+    /// Index files published in place of the generated ones, by path (see
+    /// [`FixtureRepo::override_index`]).
+    overrides: HashMap<String, Vec<u8>>,
 }
 
 impl FixtureRepo {
@@ -221,6 +241,7 @@ impl FixtureRepo {
             spec: spec.clone(),
             packages: Vec::new(),
             built: HashMap::new(),
+            overrides: HashMap::new(),
         };
         repo.regenerate()?;
         Ok(repo)
@@ -280,6 +301,14 @@ impl FixtureRepo {
             .find(|p| p.pool_path == pool_path)
             .expect("regenerate publishes every spec entry")
             .clone())
+    }
+
+    /// Publishes `data` as the index file at `path` (e.g.
+    /// `dists/stable/main/binary-amd64/Packages.xz`) from now on, listed and signed in its
+    /// Release like any other: a validly signed but hostile index.
+    pub fn override_index(&mut self, path: &str, data: Vec<u8>) -> anyhow::Result<()> {
+        self.overrides.insert(path.to_owned(), data);
+        self.regenerate()
     }
 
     /// Flips 16 bytes in the middle of a file (relative to the root), keeping its size and
@@ -386,6 +415,10 @@ impl FixtureRepo {
                     ("Packages.gz", gzip(packages.as_bytes())?),
                     ("Packages.xz", xz(packages.as_bytes())?),
                 ] {
+                    let data = match self.overrides.get(&format!("dists/{suite}/{dir}/{name}")) {
+                        Some(data) => data.clone(),
+                        None => data,
+                    };
                     let digests = digest(&data);
                     let by_hash = format!("{dir}/by-hash/SHA256/{}", digests.sha256.digest_hex());
                     write_atomic(&dist.join(&dir).join(name), &data)?;
@@ -433,6 +466,11 @@ impl FixtureRepo {
                 paragraph.set_field_from_string(field.into(), value.into());
             }
             writeln!(out, "{paragraph}")?;
+        }
+        if component == "main" {
+            for raw in &self.spec.raw_stanzas {
+                writeln!(out, "{}\n", raw.trim_end_matches('\n'))?;
+            }
         }
         Ok(out)
     }

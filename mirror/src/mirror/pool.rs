@@ -5,13 +5,16 @@ use super::{Mirror, Resolved, Source};
 use crate::digest::Sha256;
 use crate::error::MirrorError;
 use crate::metrics::Metrics;
-use crate::packages::{self, PoolEntry};
+use crate::packages::{self, PoolEntry, RefusedStanza};
 use crate::passthrough::{Outcome, PassFlight};
 use crate::release::SuiteRelease;
 use aptgate_config::SourceName;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use tracing::warn;
+
+/// Refused stanzas logged one by one per index; the rest are counted.
+const MAX_REFUSALS_LOGGED: usize = 10;
 
 impl Mirror {
     /// Resolves a pool file to a verified blob or download: by what the indices read so far
@@ -49,7 +52,13 @@ impl Mirror {
                 self.blob_or_fetch(name, source, path, e.sha256, e.size)
                     .await
             }
-            None => self.pass_through(name, source, path).await,
+            None => match self.refusal(name, path) {
+                Some(why) => Err(MirrorError::RefusedStanza {
+                    path: path.to_owned(),
+                    why,
+                }),
+                None => self.pass_through(name, source, path).await,
+            },
         }
     }
 
@@ -204,8 +213,9 @@ impl Mirror {
             })
     }
 
-    /// Adds the pool files a stored `Packages` index describes to the expectations. Each index
-    /// is read once; a caller arriving while another reads it waits for the entries.
+    /// Adds the pool files a stored `Packages` index describes to the expectations, and the
+    /// stanzas it refuses to the refusals. Each index is read once; a caller arriving while
+    /// another reads it waits for the entries.
     pub(super) async fn read_index(&self, name: &SourceName, path: &str, digest: Sha256) {
         let once = self
             .indices_read
@@ -217,24 +227,81 @@ impl Mirror {
         once.get_or_init(|| async {
             let blob = self.store.blob_path(&digest);
             let file_name = path.to_owned();
-            let entries = tokio::task::spawn_blocking(move || {
+            let listed = self.listed_uncompressed_size(name, path);
+            let scan = tokio::task::spawn_blocking(move || {
                 let bytes = fs_err::read(blob)?;
+                let cap = packages::inflate_cap(listed, bytes.len() as u64);
                 Ok::<_, std::io::Error>(packages::pool_entries(&packages::decompress(
-                    &file_name, &bytes,
+                    &file_name, &bytes, cap,
                 )?))
             })
             .await;
-            match entries {
-                Ok(Ok(entries)) => {
+            match scan {
+                Ok(Ok(scan)) => {
+                    self.refuse_stanzas(name, path, &scan.refused);
                     let mut pool = self.pool.write().expect("lock poisoned");
                     let map = pool.entry(name.clone()).or_default();
-                    map.extend(entries);
+                    map.extend(
+                        scan.entries
+                            .into_iter()
+                            .map(|(path, entry)| (path.as_str().to_owned(), entry)),
+                    );
                 }
                 Ok(Err(e)) => warn!(source = %name, path, error = %e, "cannot read stored index"),
                 Err(e) => warn!(source = %name, path, error = %e, "index reader panicked"),
             }
         })
         .await;
+    }
+
+    /// The size a verified Release lists for the uncompressed form of the index at `path`
+    /// (`dists/<suite>/…`), among the releases read so far.
+    fn listed_uncompressed_size(&self, name: &SourceName, path: &str) -> Option<u64> {
+        let plain = packages::uncompressed_name(path)?;
+        let releases = self.releases.read().expect("lock poisoned");
+        releases
+            .iter()
+            .filter(|((source, _), _)| source == name)
+            .find_map(|((_, suite), release)| {
+                let rest = plain
+                    .strip_prefix("dists/")?
+                    .strip_prefix(suite.as_str())?
+                    .strip_prefix('/')?;
+                release.files.get(rest).map(|(_, size)| *size)
+            })
+    }
+
+    /// Counts and logs the stanzas an index refused, and remembers their files so a request
+    /// for one is refused too rather than passed through unverified.
+    fn refuse_stanzas(&self, name: &SourceName, index: &str, refused: &[RefusedStanza]) {
+        if refused.is_empty() {
+            return;
+        }
+        self.metrics
+            .refused_stanzas
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        // A hostile index may hold millions: the first few name the problem.
+        for r in refused.iter().take(MAX_REFUSALS_LOGGED) {
+            warn!(source = %name, index, filename = %r.filename, reason = %r.why,
+                "refused a Packages stanza: its file is never fetched, recorded or served");
+        }
+        if refused.len() > MAX_REFUSALS_LOGGED {
+            warn!(source = %name, index, refused = refused.len(), "refused more Packages stanzas");
+        }
+        let mut map = self.refused.write().expect("lock poisoned");
+        let paths = map.entry(name.clone()).or_default();
+        for r in refused {
+            paths.insert(r.filename.clone(), r.why.clone());
+        }
+    }
+
+    /// Why a verified index refused the stanza naming `path`, if one did.
+    fn refusal(&self, name: &SourceName, path: &str) -> Option<String> {
+        self.refused
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .and_then(|m| m.get(path).cloned())
     }
 
     /// Streams a file that no configured index lists from upstream, unstored. Concurrent
