@@ -13,6 +13,8 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     pub coalesced_waiters: AtomicU64,
     pub stale_served: AtomicU64,
+    /// Per-suite refusals, expiry and freezes of upstream release files.
+    pub releases: crate::release_health::ReleaseHealth,
 }
 
 impl Metrics {
@@ -55,7 +57,7 @@ impl Metrics {
             ),
             (
                 "stale_served",
-                "Release files served stale because upstream was unreachable.",
+                "Release files served stale: upstream unreachable, refused or expired.",
                 &self.stale_served,
             ),
         ];
@@ -69,6 +71,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        out.push_str(&self.releases.render(chrono::Utc::now().timestamp()));
         out
     }
 }
