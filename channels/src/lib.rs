@@ -62,6 +62,7 @@ pub use diff::{Change, Diff, DiffSummary};
 pub use error::{ChannelsError, Result};
 pub use moves::MoveOutcome;
 pub use promote::PromoteRequest;
+pub use publish::RELEASE_DATE_MARGIN;
 pub use serve::Served;
 pub use service::{now, Actor, Channels};
 pub use sync::SyncOutcome;

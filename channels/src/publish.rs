@@ -8,6 +8,12 @@ use crate::service::*;
 use aptgate_mirror::Sha256;
 use std::collections::BTreeMap;
 
+/// How far in the past a Release's `Date` is set, in seconds. apt refuses a Release dated
+/// more than `Acquire::Max-FutureTime` (10 s) ahead of its own clock ("not valid yet"), so
+/// a Release dated the second it was signed fails on every host whose clock runs a little
+/// behind ours; a minute covers ordinary drift. `Valid-Until` still counts from signing.
+pub const RELEASE_DATE_MARGIN: i64 = 60;
+
 impl Channels {
     /// Renders and signs the Release files of every suite the channel publishes.
     pub(crate) async fn sign_publication(
@@ -81,7 +87,7 @@ impl Channels {
         let _ = writeln!(out, "Label: {channel}");
         let _ = writeln!(out, "Suite: {suite}");
         let _ = writeln!(out, "Codename: {}", sm.codename.as_deref().unwrap_or(suite));
-        let _ = writeln!(out, "Date: {}", date(signed_at));
+        let _ = writeln!(out, "Date: {}", date(signed_at - RELEASE_DATE_MARGIN));
         if let Some(v) = valid_until {
             let _ = writeln!(out, "Valid-Until: {}", date(v));
         }

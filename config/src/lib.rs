@@ -79,9 +79,14 @@ pub struct MirrorConfig {
     /// How long a fetched `InRelease` is served before it is revalidated upstream.
     #[serde(with = "humantime_secs")]
     pub release_freshness: Duration,
-    /// How long an upstream 404 is remembered.
+    /// How long an upstream 404 is remembered (pool and by-hash files; never for an index a
+    /// verified Release lists by name).
     #[serde(with = "humantime_secs")]
     pub negative_cache: Duration,
+    /// How long, after upstream publishes a new Release, the indices of the previous one stay
+    /// reachable under `by-hash/` for clients that still hold it.
+    #[serde(with = "humantime_secs")]
+    pub by_hash_grace: Duration,
     /// Give up connecting to an upstream after this long.
     #[serde(with = "humantime_secs")]
     pub connect_timeout: Duration,
@@ -97,6 +102,7 @@ impl Default for MirrorConfig {
         Self {
             release_freshness: Duration::from_secs(300),
             negative_cache: Duration::from_secs(30),
+            by_hash_grace: Duration::from_secs(6 * 3600),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             extra_ca_certs: Vec::new(),

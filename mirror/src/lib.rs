@@ -15,6 +15,7 @@ pub mod passthrough;
 pub mod path;
 pub mod refs;
 pub mod release;
+pub mod release_health;
 pub mod routes;
 mod small;
 pub mod store;

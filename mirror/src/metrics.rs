@@ -14,6 +14,8 @@ pub struct Metrics {
     pub coalesced_waiters: AtomicU64,
     pub stale_served: AtomicU64,
     pub refused_stanzas: AtomicU64,
+    /// Per-suite refusals, expiry and freezes of upstream release files.
+    pub releases: crate::release_health::ReleaseHealth,
 }
 
 impl Metrics {
@@ -56,7 +58,7 @@ impl Metrics {
             ),
             (
                 "stale_served",
-                "Release files served stale because upstream was unreachable.",
+                "Release files served stale: upstream unreachable, refused or expired.",
                 &self.stale_served,
             ),
             (
@@ -75,6 +77,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        out.push_str(&self.releases.render(chrono::Utc::now().timestamp()));
         out
     }
 }

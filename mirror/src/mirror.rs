@@ -2,10 +2,12 @@
 //!
 //! * `dists/<suite>/InRelease` (or `Release` + `Release.gpg`): fetched, signature checked
 //!   against the source's keyring, dates checked, then kept and revalidated with conditional
-//!   requests once older than `release_freshness`. Served stale while upstream is unreachable;
-//!   never replaced by one with an older `Date`.
-//! * other `dists/<suite>/…` files: must be listed in the suite's verified Release; stored and
-//!   served by the digest it names (so `by-hash/` costs nothing extra).
+//!   requests once older than `release_freshness` or past its `Valid-Until`. Served stale
+//!   while upstream is unreachable or sends one we refuse (a sync fails instead) and once
+//!   expired; never replaced by one with an older `Date`.
+//! * other `dists/<suite>/…` files: must be listed in the suite's verified Release (or, under
+//!   `by-hash/`, in one it replaced within `by_hash_grace`); stored and served by the digest it
+//!   names (so `by-hash/` costs nothing extra).
 //! * `pool/…` files: checked against the sha256/size of a verified `Packages` index; stored
 //!   once. A path no index read so far describes is looked up in the `Packages` indices of the
 //!   source's configured suites, components and architectures (fetched and verified first if
@@ -103,6 +105,13 @@ pub struct Mirror {
     /// One revalidation at a time per release file.
     release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
+    /// Releases a newer one replaced, and when: their `by-hash/` indices stay reachable for
+    /// `by_hash_grace` (see `releases.rs`).
+    #[expect(
+        clippy::type_complexity,
+        reason = "a plain map of lists, named by the field"
+    )]
+    superseded: Mutex<HashMap<(SourceName, String), Vec<(Instant, Arc<SuiteRelease>)>>>,
     pool: RwLock<HashMap<SourceName, HashMap<String, PoolEntry>>>,
     /// Files named by stanzas a verified index refused (path → why): never passed through.
     refused: RwLock<HashMap<SourceName, HashMap<String, String>>>,
@@ -161,6 +170,7 @@ impl Mirror {
             flights: Mutex::default(),
             release_locks: Mutex::default(),
             releases: RwLock::default(),
+            superseded: Mutex::default(),
             pool: RwLock::default(),
             refused: RwLock::default(),
             indices_read: Mutex::default(),
@@ -240,6 +250,20 @@ impl Mirror {
             .ok_or_else(|| MirrorError::NotFound {
                 what: format!("dists/{suite}/InRelease"),
             })?;
+        // apt refuses an expired Release; a snapshot made from one would serve nothing new
+        // and hide that upstream stopped publishing.
+        if let Some(valid_until) = release
+            .valid_until
+            .filter(|_| release.expired(chrono::Utc::now()))
+        {
+            return Err(MirrorError::Verification {
+                url: source.url(&format!("dists/{suite}/InRelease")),
+                reason: format!(
+                    "the newest Release upstream signed expired at {valid_until} and upstream \
+                     has published none since (frozen?); not syncing from it"
+                ),
+            });
+        }
         Ok((release, stale))
     }
 
@@ -332,6 +356,10 @@ impl Mirror {
             Some(release) => release.expect(rest),
             None => None,
         };
+        if expected.is_none() {
+            // A client that fetched the previous Release just before upstream replaced it.
+            expected = self.superseded_expect(name, suite, rest);
+        }
         if expected.is_none() {
             // Unknown suite, or our copy is older than the client's: revalidate once.
             self.release_file(name, source, suite, "InRelease", false)
@@ -438,7 +466,9 @@ impl Mirror {
                     Metrics::inc(&mirror.metrics.upstream_errors);
                     warn!(%url, reason = %failure.reason, "download failed; nothing stored");
                     if let (true, Some((name, path))) = (failure.not_found, &at) {
-                        mirror.remember_not_found(name, path);
+                        if remembers_not_found(path) {
+                            mirror.remember_not_found(name, path);
+                        }
                     }
                     progress.send_replace(Progress::Failed(Failure {
                         reason: failure.reason.into(),
@@ -534,6 +564,14 @@ impl Mirror {
         }
         not_found.insert((name.clone(), path.to_owned()), Instant::now());
     }
+}
+
+/// Whether an upstream 404 for `path` is remembered for `negative_cache`: for pool and
+/// `by-hash/` files (a client retrying must not hammer upstream), never for an index a verified
+/// Release names — that file must exist (a mirror mid-update, say), so the next request asks
+/// again.
+fn remembers_not_found(path: &str) -> bool {
+    !path.starts_with("dists/") || path.contains("/by-hash/")
 }
 
 struct DownloadFailure {

@@ -92,6 +92,19 @@ impl SuiteRelease {
         Ok(())
     }
 
+    /// Past its `Valid-Until`: apt refuses it, so the mirror never calls it fresh.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.valid_until.is_some_and(|until| until < now)
+    }
+
+    /// Less than a quarter of its validity (`Date` to `Valid-Until`) left, or expired. An
+    /// upstream that re-signs on time (we re-sign our own at half) never gets here; one that
+    /// keeps confirming such a Release is frozen, or about to be.
+    pub fn validity_running_out(&self, now: DateTime<Utc>) -> bool {
+        self.valid_until
+            .is_some_and(|until| (until - now) * 4 < until - self.date)
+    }
+
     /// What a request for `dists/<suite>/<rest>` must turn out to be, if the Release names it.
     pub fn expect(&self, rest: &str) -> Option<(Sha256, u64)> {
         if let Some((_, hex)) = rest.rsplit_once("/by-hash/SHA256/") {
@@ -167,5 +180,20 @@ ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3 main/binary-a
             r.check_dates(at("2026-11-20T00:00:00Z")),
             Err(ReleaseError::FromTheFuture { .. })
         ));
+    }
+
+    #[test]
+    fn tells_expired_and_running_out() {
+        // Valid for 7 days from 21 Nov 10:00: a quarter left from 26 Nov 16:00.
+        let r = SuiteRelease::parse(RELEASE).unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert!(!r.validity_running_out(at("2026-11-26T15:00:00Z")));
+        assert!(r.validity_running_out(at("2026-11-26T17:00:00Z")));
+        assert!(!r.expired(at("2026-11-28T09:59:59Z")));
+        assert!(r.expired(at("2026-11-28T10:00:01Z")));
+        assert!(r.validity_running_out(at("2026-11-29T00:00:00Z")));
+        let forever = SuiteRelease::parse(&RELEASE.replace("Valid-Until", "X-Not")).unwrap();
+        assert!(!forever.expired(at("2099-01-01T00:00:00Z")));
+        assert!(!forever.validity_running_out(at("2099-01-01T00:00:00Z")));
     }
 }
