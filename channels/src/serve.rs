@@ -189,16 +189,20 @@ impl Channels {
     /// A pool file the store lacks (on demand): fetched once from the package's origin, or
     /// from that source's fallback origins when upstream no longer has it, and checked
     /// against the recorded sha256. The body streams as it arrives.
-    /// While the catalog is unreachable the package's origin is unknown: every source is
-    /// tried, the recorded sha256 deciding.
+    /// While the catalog is unreachable (or slower than [`CATALOG_CHECK_WAIT`]) the package's
+    /// origin is unknown: every source is tried, the recorded sha256 deciding.
     pub async fn fetch_pool_file(&self, path: &str, digest: Sha256, size: u64) -> Result<Resolved> {
-        let origins = match self.origin(&digest).await {
-            Ok(origin) => vec![origin],
-            Err(e) if e.is_catalog_unavailable() => {
+        let origins = match tokio::time::timeout(CATALOG_CHECK_WAIT, self.origin(&digest)).await {
+            Ok(Ok(origin)) => vec![origin],
+            Ok(Err(e)) if e.is_catalog_unavailable() => {
                 tracing::warn!(path, error = %e, "catalog unreachable; trying every source for a pool file");
                 self.source_names()
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                tracing::warn!(path, "catalog slow; trying every source for a pool file");
+                self.source_names()
+            }
         };
         let mirror_error = |source| ChannelsError::Mirror {
             what: format!("fetching {path}"),

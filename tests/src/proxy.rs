@@ -1,20 +1,25 @@
-//! A TCP proxy a test can cut and restore: a database (or any server) that goes away and
-//! comes back, without stopping the real one other tests share.
+//! A TCP proxy a test can cut, stall and restore: a database (or any server) that goes away
+//! or stops answering, then comes back, without touching the real one other tests share.
 //!
-//! While cut, every connection through it is closed and new ones are closed as soon as they
-//! are accepted, as a client sees a server that stopped; restored, connections pass again.
+//! Cut: every connection through it is closed, and new ones as soon as they are accepted, as
+//! a client sees a server that stopped. Stalled: connections stay open but nothing passes,
+//! as a client sees a server that hangs or a network that drops packets. Restored: the
+//! connections of a cut or stall are closed and new ones pass again.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Cut,
+    Stalled,
+}
+
 pub struct CuttableProxy {
     addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    /// Bumped on every cut: connections under way watch it and close.
-    cuts: watch::Sender<u64>,
+    mode: watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -23,56 +28,64 @@ impl CuttableProxy {
     pub async fn start(target: SocketAddr) -> CuttableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let cut = Arc::new(AtomicBool::new(false));
-        let (cuts, _) = watch::channel(0u64);
+        let (mode, _) = watch::channel(Mode::Open);
         let task = tokio::spawn({
-            let cut = cut.clone();
-            let cuts = cuts.clone();
+            let mode = mode.clone();
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
-                    if cut.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
-                    let mut cuts = cuts.subscribe();
-                    tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        let mut client = client;
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cuts.changed() => {}
-                        }
-                    });
+                    let watching = mode.subscribe();
+                    tokio::spawn(relay(client, target, watching));
                 }
             }
         });
-        CuttableProxy {
-            addr,
-            cut,
-            cuts,
-            task,
-        }
+        CuttableProxy { addr, mode, task }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Closes every connection through the proxy and refuses new ones until [`restore`].
-    ///
-    /// [`restore`]: Self::restore
+    /// Closes every connection and refuses new ones until [`restore`](Self::restore).
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
+        self.mode.send_replace(Mode::Cut);
+    }
+
+    /// Lets nothing through, closing nothing, until [`restore`](Self::restore).
+    pub fn stall(&self) {
+        self.mode.send_replace(Mode::Stalled);
     }
 
     pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        self.mode.send_replace(Mode::Open);
+    }
+}
+
+/// One client connection: forwarded while the proxy is open; dropped on a cut; held silent
+/// during a stall, then dropped.
+async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let current = *mode.borrow_and_update();
+    match current {
+        Mode::Cut => return,
+        Mode::Stalled => {
+            let _ = mode.wait_for(|m| *m != Mode::Stalled).await;
+            return;
+        }
+        Mode::Open => {}
+    }
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let stalled = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        changed = mode.wait_for(|m| *m != Mode::Open) => {
+            changed.map(|m| *m == Mode::Stalled).unwrap_or(false)
+        }
+    };
+    if stalled {
+        let _ = mode.wait_for(|m| *m != Mode::Stalled).await;
     }
 }
 

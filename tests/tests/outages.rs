@@ -139,6 +139,40 @@ async fn channels_keep_serving_apt_while_the_catalog_is_down_and_recover_without
     }
     s.promote(&[]).await.unwrap();
     host.update().await.unwrap().assert_success();
+
+    // A database that hangs rather than refuses: apt is served what the server knows without
+    // waiting on it (a package no one fetched yet too), the admin API answers 503 within the
+    // acquire timeout.
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let hung = s.host("during-hang", "approved");
+    let started = Instant::now();
+    assert_eq!(
+        fetch_afresh(&hung, "hello").await,
+        s.repo.package_in("stable", "hello", "amd64").sha256
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "apt waited on the catalog: {:?}",
+        started.elapsed()
+    );
+    let (status, body, took) = admin_get(&s.app.url, &token, "channels/approved/history").await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &"catalog_unavailable".into()),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin_get(&s.app.url, &token, "channels/approved/history")
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "no recovery after the hang");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 // ---- T14: the disk fills up ---------------------------------------------------------------
