@@ -12,6 +12,8 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+pub mod data_dir_lock;
+
 /// Everything the routes share.
 #[derive(Clone)]
 pub struct AppState {

@@ -50,8 +50,13 @@ impl From<ChannelsError> for ApiError {
             "snapshot_deleted" => StatusCode::GONE,
             "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
             "bad_index" | "bad_key" => StatusCode::UNPROCESSABLE_ENTITY,
+            "catalog_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "storage_full" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
+            tracing::warn!(error = %e, "admin request failed");
+        }
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             // Internal details go to the log, not to the client.
             tracing::error!(error = %e, "admin request failed");
@@ -63,11 +68,19 @@ impl From<ChannelsError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({ "code": self.code, "message": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The database is down for now; clients may retry.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 

@@ -65,16 +65,56 @@ impl ChannelsError {
             Self::UnknownSource(_) => "unknown_source",
             Self::Unpublished(_) => "unpublished",
             Self::Refused(_) => "refused",
+            Self::Mirror {
+                source: MirrorError::StorageFull { .. },
+                ..
+            } => "storage_full",
             Self::Mirror { .. } => "upstream",
             Self::FetchFailed(_) => "fetch_failed",
             Self::Catalog(CatalogError::ChannelMoved { .. }) => "conflict",
+            Self::Catalog(CatalogError::Unavailable { .. }) => "catalog_unavailable",
+            Self::Catalog(CatalogError::StorageFull { .. }) => "storage_full",
             Self::Catalog(_) => "catalog",
+            Self::Store(e) if e.is_storage_full() => "storage_full",
+            Self::Io { source, .. } if aptgate_mirror::store::is_storage_full(source) => {
+                "storage_full"
+            }
             Self::Store(_) | Self::Io { .. } | Self::CorruptBlob { .. } => "storage",
             Self::Signing(SigningError::LastKey(_)) => "refused",
             Self::Signing(SigningError::UnknownKey(_)) => "unknown_key",
             Self::Signing(SigningError::BadKeyFile { .. }) => "bad_key",
             Self::Signing(_) => "signing",
             Self::Index { .. } => "bad_index",
+        }
+    }
+}
+
+impl ChannelsError {
+    /// The catalog database cannot be reached for now.
+    pub fn is_catalog_unavailable(&self) -> bool {
+        matches!(self, Self::Catalog(e) if e.is_unavailable())
+    }
+
+    /// How the apt routes (`/channels/…`) answer this error.
+    pub fn into_mirror_error(self, what: &str) -> MirrorError {
+        match self.code() {
+            "catalog_unavailable" => {
+                tracing::warn!(error = %self, "catalog unreachable");
+                MirrorError::CatalogUnavailable
+            }
+            "storage_full" => match self {
+                Self::Mirror { source, .. } => source,
+                e => {
+                    tracing::error!(error = %e, "the store's file system is full");
+                    MirrorError::StorageFull {
+                        what: what.to_owned(),
+                    }
+                }
+            },
+            _ => match self {
+                Self::Mirror { source, .. } => source,
+                e => MirrorError::internal(e),
+            },
         }
     }
 }

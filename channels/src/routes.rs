@@ -128,10 +128,12 @@ async fn serve_from(
             | ChannelsError::Unpublished(_)
             | ChannelsError::UnknownSnapshot(_),
         ) => return not_found(path.as_str()),
-        Err(ChannelsError::Mirror { source, .. }) => Err(source),
         Err(e) => {
-            tracing::error!(channel = %channel, path = %path.as_str(), error = %e, "cannot serve");
-            Err(MirrorError::internal(e))
+            let error = e.into_mirror_error(path.as_str());
+            if let MirrorError::Internal(e) = &error {
+                tracing::error!(channel = %channel, path = %path.as_str(), error = %e, "cannot serve");
+            }
+            Err(error)
         }
     };
     // A channel's Release can change twice within a second (two promotions), which

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 /// (sharing the PostgreSQL catalog) moved it. Moves made by this process show at once.
 const CHANNEL_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How long a request waits for the catalog to confirm a channel's position it already knows.
+/// Past it (or on a catalog error) the position it knows is served: apt keeps working while
+/// the database is down or slow, and each channel asks again once per [`CHANNEL_CACHE_TTL`].
+const CATALOG_CHECK_WAIT: Duration = Duration::from_secs(1);
+
 /// A channel as served: its publication and the manifest it publishes.
 #[derive(Debug)]
 pub struct Served {
@@ -22,14 +27,38 @@ pub struct Served {
 }
 
 impl Channels {
-    /// The channel's current publication, from a short-lived cache.
+    /// The channel's current publication, from a short-lived cache. While the catalog cannot
+    /// be read (database down, or slower than [`CATALOG_CHECK_WAIT`]), the publication last
+    /// known is served: everything it names is in the store, addressed by digest.
     pub async fn served(&self, channel: &str) -> Result<Arc<Served>> {
-        if let Some((served, at)) = self.served.read().expect("lock poisoned").get(channel) {
-            if at.elapsed() < CHANNEL_CACHE_TTL {
-                return Ok(served.clone());
+        let known = self
+            .served
+            .read()
+            .expect("lock poisoned")
+            .get(channel)
+            .cloned();
+        let state = match known {
+            Some((served, at)) if at.elapsed() < CHANNEL_CACHE_TTL => return Ok(served),
+            Some((served, _)) => {
+                let checked = tokio::time::timeout(CATALOG_CHECK_WAIT, self.channel_state(channel));
+                match checked.await {
+                    Ok(Ok(state)) => state,
+                    Ok(Err(e @ ChannelsError::Catalog(_))) => {
+                        tracing::warn!(channel, error = %e, "catalog unreadable; serving the channel's last known publication");
+                        return Ok(self.keep_serving(channel, served));
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        tracing::warn!(
+                            channel,
+                            "catalog slow; serving the channel's last known publication"
+                        );
+                        return Ok(self.keep_serving(channel, served));
+                    }
+                }
             }
-        }
-        let state = self.channel_state(channel).await?;
+            None => self.channel_state(channel).await?,
+        };
         let digest = state
             .publication_sha256
             .as_deref()
@@ -59,6 +88,25 @@ impl Channels {
             .expect("lock poisoned")
             .insert(channel.to_owned(), (served.clone(), Instant::now()));
         Ok(served)
+    }
+
+    /// Reads every published channel's publication now (at start), so apt is served even if
+    /// the catalog goes away before a client asks.
+    pub async fn know_publications(&self) {
+        for channel in self.channel_names().await {
+            if let Err(e) = self.served(&channel).await {
+                tracing::debug!(channel, error = %e, "channel not served yet");
+            }
+        }
+    }
+
+    /// Serves `served` for another [`CHANNEL_CACHE_TTL`] before the catalog is asked again.
+    fn keep_serving(&self, channel: &str, served: Arc<Served>) -> Arc<Served> {
+        self.served
+            .write()
+            .expect("lock poisoned")
+            .insert(channel.to_owned(), (served.clone(), Instant::now()));
+        served
     }
 
     /// A snapshot the channel pointed at, as it was last published (or re-signed) there.
@@ -142,33 +190,47 @@ impl Channels {
     /// A pool file the store lacks (on demand): fetched once from the package's origin, or
     /// from that source's fallback origins when upstream no longer has it, and checked
     /// against the recorded sha256. The body streams as it arrives.
+    /// While the catalog is unreachable (or slower than [`CATALOG_CHECK_WAIT`]) the package's
+    /// origin is unknown: every source is tried, the recorded sha256 deciding.
     pub async fn fetch_pool_file(&self, path: &str, digest: Sha256, size: u64) -> Result<Resolved> {
-        let origin = self.origin(&digest).await?;
+        let origins = match tokio::time::timeout(CATALOG_CHECK_WAIT, self.origin(&digest)).await {
+            Ok(Ok(origin)) => vec![origin],
+            Ok(Err(e)) if e.is_catalog_unavailable() => {
+                tracing::warn!(path, error = %e, "catalog unreachable; trying every source for a pool file");
+                self.source_names()
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                tracing::warn!(path, "catalog slow; trying every source for a pool file");
+                self.source_names()
+            }
+        };
         let mirror_error = |source| ChannelsError::Mirror {
             what: format!("fetching {path}"),
             source,
         };
         let pool_path = PoolPath::parse(path)
             .map_err(|e| mirror_error(MirrorError::BadRequest(e.to_string())))?;
-        let upstream = match self
-            .mirror
-            .fetch_blob(&origin, &pool_path, digest, size)
-            .await
-        {
-            Ok(Resolved::Streaming(flight)) => match flight.started().await {
-                Ok(()) => return Ok(Resolved::Streaming(flight)),
-                Err(failure) if failure.not_found => MirrorError::NotFound {
-                    what: path.to_owned(),
-                },
-                Err(failure) => MirrorError::Upstream {
-                    url: path.to_owned(),
-                    reason: failure.reason.to_string(),
-                },
-            },
-            Ok(resolved) => return Ok(resolved),
-            Err(e) => e,
+        let mut upstream = MirrorError::NotFound {
+            what: path.to_owned(),
         };
-        for url in self.fallback_urls(&origin, &digest, path).await {
+        for origin in &origins {
+            upstream = match self.mirror.fetch_blob(origin, &pool_path, digest, size).await {
+                Ok(Resolved::Streaming(flight)) => match flight.started().await {
+                    Ok(()) => return Ok(Resolved::Streaming(flight)),
+                    Err(failure) => failure.into_error(path),
+                },
+                Ok(resolved) => return Ok(resolved),
+                Err(e) => e,
+            };
+            if matches!(upstream, MirrorError::StorageFull { .. }) {
+                return Err(mirror_error(upstream));
+            }
+        }
+        let [origin] = origins.as_slice() else {
+            return Err(mirror_error(upstream));
+        };
+        for url in self.fallback_urls(origin, &digest, path).await {
             if let Ok(resolved) = self.mirror.fetch_blob_at(&url, digest, size).await {
                 match resolved {
                     Resolved::Streaming(flight) if flight.started().await.is_err() => continue,

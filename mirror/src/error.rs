@@ -21,6 +21,12 @@ pub enum MirrorError {
     Upstream { url: String, reason: String },
     #[error("upstream {url} failed verification: {reason}")]
     Verification { url: String, reason: String },
+    /// The file system holding the store is full: nothing was stored.
+    #[error("no space left to store {what}")]
+    StorageFull { what: String },
+    /// The channels' catalog (a database) cannot be reached, and the request needs it.
+    #[error("the catalog database cannot be reached")]
+    CatalogUnavailable,
     /// Details are logged, never sent to the client.
     #[error("internal error")]
     Internal(#[source] BoxError),
@@ -33,6 +39,19 @@ impl MirrorError {
         Self::Internal(e.into())
     }
 
+    /// A store failure while storing `what`: a full file system says so (507), anything else
+    /// is internal.
+    pub fn from_store(what: &str, e: crate::store::StoreError) -> Self {
+        if e.is_storage_full() {
+            tracing::error!(what, error = %e, "the store's file system is full");
+            Self::StorageFull {
+                what: what.to_owned(),
+            }
+        } else {
+            Self::internal(e)
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::UnknownSource { .. } => (StatusCode::NOT_FOUND, "unknown_source"),
@@ -42,6 +61,8 @@ impl MirrorError {
             Self::RefusedStanza { .. } => (StatusCode::FORBIDDEN, "refused_stanza"),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             Self::Verification { .. } => (StatusCode::BAD_GATEWAY, "upstream_unverified"),
+            Self::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+            Self::CatalogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "catalog_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -65,6 +86,14 @@ impl MirrorError {
                  and the metric aptgate_mirror_refused_stanzas_total counts them"
                     .into(),
             ),
+            Self::StorageFull { .. } => Some(
+                "the file system of aptgate's data_dir is full; free space there (`aptgate gc`), \
+                 no restart needed"
+                    .into(),
+            ),
+            Self::CatalogUnavailable => Some(
+                "aptgate reconnects by itself once its database answers again; try later".into(),
+            ),
             _ => None,
         }
     }
@@ -80,6 +109,13 @@ impl IntoResponse for MirrorError {
         if let Some(hint) = self.hint() {
             body["hint"] = hint.into();
         }
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }

@@ -30,6 +30,37 @@ pub struct Failure {
     pub reason: Arc<str>,
     /// Upstream answered 404 (before sending anything).
     pub not_found: bool,
+    /// The store's file system is full.
+    pub storage_full: bool,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<Arc<str>>) -> Self {
+        Self {
+            reason: reason.into(),
+            not_found: false,
+            storage_full: false,
+        }
+    }
+
+    /// The error a request for `path` gets when its download failed.
+    pub fn into_error(self, path: &str) -> crate::MirrorError {
+        use crate::MirrorError;
+        if self.not_found {
+            MirrorError::NotFound {
+                what: path.to_owned(),
+            }
+        } else if self.storage_full {
+            MirrorError::StorageFull {
+                what: path.to_owned(),
+            }
+        } else {
+            MirrorError::Upstream {
+                url: path.to_owned(),
+                reason: self.reason.to_string(),
+            }
+        }
+    }
 }
 
 /// A download in progress.
@@ -70,10 +101,7 @@ impl Flight {
         match state {
             Ok(Progress::Failed(failure)) => Err(failure),
             Ok(_) => Ok(()),
-            Err(_) => Err(Failure {
-                reason: "download abandoned".into(),
-                not_found: false,
-            }),
+            Err(_) => Err(Failure::new("download abandoned")),
         }
     }
 

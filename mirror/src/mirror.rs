@@ -316,13 +316,7 @@ impl Mirror {
             Resolved::Blob { digest, .. } => Ok(digest),
             Resolved::Streaming(flight) => match flight.finished().await {
                 Ok(()) => Ok(flight.digest),
-                Err(failure) if failure.not_found => Err(MirrorError::NotFound {
-                    what: path.to_owned(),
-                }),
-                Err(failure) => Err(MirrorError::Upstream {
-                    url: path.to_owned(),
-                    reason: failure.reason.to_string(),
-                }),
+                Err(failure) => Err(failure.into_error(path)),
             },
             Resolved::PassThrough(_) => Err(MirrorError::NotFound {
                 what: path.to_owned(),
@@ -427,10 +421,12 @@ impl Mirror {
                 stale: false,
             });
         }
+        // Space for the whole blob is reserved here: a full disk is a 507 before any upstream
+        // request, not a body that breaks off.
         let writer = self
             .store
             .writer(Expected::exactly(digest, size))
-            .map_err(MirrorError::internal)?;
+            .map_err(|e| MirrorError::from_store(&url, e))?;
         let (progress, receiver) = watch::channel(Progress::Starting);
         let flight = Arc::new(Flight {
             digest,
@@ -471,8 +467,9 @@ impl Mirror {
                         }
                     }
                     progress.send_replace(Progress::Failed(Failure {
-                        reason: failure.reason.into(),
                         not_found: failure.not_found,
+                        storage_full: failure.storage_full,
+                        ..Failure::new(failure.reason)
                     }));
                 }
             }
@@ -495,24 +492,21 @@ impl Mirror {
         if response.status() != reqwest::StatusCode::OK {
             return Err(DownloadFailure {
                 not_found: response.status() == reqwest::StatusCode::NOT_FOUND,
-                reason: format!("upstream answered {}", response.status()),
+                ..DownloadFailure::new(format!("upstream answered {}", response.status()))
             });
         }
         progress.send_replace(Progress::Running(0));
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| DownloadFailure::new(upstream::describe(&e)))?;
-            writer
-                .write(&chunk)
-                .await
-                .map_err(|e| DownloadFailure::new(e.to_string()))?;
+            writer.write(&chunk).await.map_err(DownloadFailure::store)?;
             progress.send_replace(Progress::Running(writer.written()));
         }
         writer
             .finish()
             .await
             .map(|_| ())
-            .map_err(|e| DownloadFailure::new(e.to_string()))
+            .map_err(DownloadFailure::store)
     }
 
     async fn after_store(&self, name: &SourceName, path: &str, digest: Sha256, size: u64) {
@@ -577,6 +571,7 @@ fn remembers_not_found(path: &str) -> bool {
 struct DownloadFailure {
     reason: String,
     not_found: bool,
+    storage_full: bool,
 }
 
 impl DownloadFailure {
@@ -584,6 +579,14 @@ impl DownloadFailure {
         Self {
             reason,
             not_found: false,
+            storage_full: false,
+        }
+    }
+
+    fn store(e: crate::store::StoreError) -> Self {
+        Self {
+            storage_full: e.is_storage_full(),
+            ..Self::new(e.to_string())
         }
     }
 }

@@ -121,10 +121,7 @@ impl PassFlight {
         let failure = match state {
             Ok(Progress::Failed(failure)) => failure,
             Ok(_) => return Ok(self.head.get().expect("set before the download runs")),
-            Err(_) => Failure {
-                reason: "download abandoned".into(),
-                not_found: false,
-            },
+            Err(_) => Failure::new("download abandoned"),
         };
         Err(if failure.not_found {
             MirrorError::NotFound {
@@ -162,10 +159,7 @@ impl Download {
         let last = match &outcome {
             Outcome::Done(written) => Progress::Done(*written),
             Outcome::Failed(failure) => Progress::Failed(failure.clone()),
-            Outcome::Abandoned => Progress::Failed(Failure {
-                reason: "every client hung up".into(),
-                not_found: false,
-            }),
+            Outcome::Abandoned => Progress::Failed(Failure::new("every client hung up")),
         };
         self.progress.send_replace(last);
         outcome
@@ -174,8 +168,8 @@ impl Download {
     async fn transfer(&mut self, client: &reqwest::Client) -> Outcome {
         let failed = |reason: String, not_found: bool| {
             Outcome::Failed(Failure {
-                reason: reason.into(),
                 not_found,
+                ..Failure::new(reason)
             })
         };
         let response = match client.get(&self.url).send().await {

@@ -102,17 +102,7 @@ pub async fn respond(
         }
         Ok(Resolved::Streaming(flight)) => {
             if let Err(failure) = flight.started().await {
-                let error = if failure.not_found {
-                    MirrorError::NotFound {
-                        what: path.to_owned(),
-                    }
-                } else {
-                    MirrorError::Upstream {
-                        url: path.to_owned(),
-                        reason: failure.reason.to_string(),
-                    }
-                };
-                return error.into_response();
+                return failure.into_error(path).into_response();
             }
             let size = flight.size;
             let body = if request.method() == Method::HEAD {

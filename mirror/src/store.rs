@@ -12,7 +12,10 @@
 //! A blob is written to `tmp/`, hashed and counted while it streams in, checked against the size
 //! and digest the signed indices promised, `fsync`ed, renamed into `blobs/` and the directory
 //! `fsync`ed. A crash at any point leaves either no blob or a complete one: a half-written file
-//! only ever exists in `tmp/`, which is cleared when the store is opened.
+//! only ever exists in `tmp/`, which the one server using the data directory clears at start.
+//!
+//! A blob of known size has its space reserved (`fallocate`) before the first byte is fetched:
+//! a full file system is found before a client is answered, not halfway through its body.
 
 use crate::digest::{Sha256, Sha256Hasher};
 use std::io::{self, Read};
@@ -39,6 +42,21 @@ pub enum StoreError {
     WrongSize { expected: u64, got: u64 },
     #[error("digest mismatch: expected sha256 {expected}, got {got}")]
     WrongDigest { expected: Sha256, got: Sha256 },
+}
+
+impl StoreError {
+    /// The file system holding the store is full (or the user's quota is used up).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::Io(e) if is_storage_full(e))
+    }
+}
+
+/// Whether an IO error says there is no space left (`ENOSPC`, `EDQUOT`).
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// What a blob must turn out to be; `None` means "not known in advance".
@@ -73,7 +91,17 @@ const TMP_DIRS: u64 = 16;
 
 impl Store {
     /// Opens (creating if needed) the store at `root` and clears leftovers of interrupted writes.
+    /// Only the one process serving the data directory may do this (it holds the data
+    /// directory's lock): `tmp/` also holds the downloads under way.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self::open_shared(root)?;
+        store.clear_tmp()?;
+        Ok(store)
+    }
+
+    /// Opens the store without touching `tmp/`, for a command that runs beside a server
+    /// using it (`store verify`).
+    pub fn open_shared(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         for dir in ["blobs/sha256", "tmp", "quarantine"] {
             fs_err::create_dir_all(root.join(dir))?;
@@ -92,6 +120,15 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
+        Ok(Self {
+            root,
+            names: Arc::default(),
+        })
+    }
+
+    /// Removes what interrupted writes left in `tmp/`.
+    fn clear_tmp(&self) -> Result<(), StoreError> {
+        let root = &self.root;
         for entry in fs_err::read_dir(root.join("tmp"))? {
             let path = entry?.path();
             let _ = if path.is_dir() {
@@ -103,10 +140,7 @@ impl Store {
         for spread in 0..TMP_DIRS {
             fs_err::create_dir_all(root.join(format!("tmp/{spread:02x}")))?;
         }
-        Ok(Self {
-            root,
-            names: Arc::default(),
-        })
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -150,13 +184,20 @@ impl Store {
     }
 
     /// Starts writing a blob; bytes go to a temp file until [`BlobWriter::finish`] checks them.
+    /// The expected size is reserved at once, so a full file system fails here
+    /// ([`StoreError::is_storage_full`]), before anything is fetched or sent.
     pub fn writer(&self, expected: Expected) -> Result<BlobWriter, StoreError> {
         let tmp_path = self.new_tmp_path();
-        let file = fs_err::tokio::File::from_std(fs_err::File::create(&tmp_path)?);
+        let guard = TempGuard(Some(tmp_path.clone()));
+        let file = fs_err::File::create(&tmp_path)?;
+        if let Some(size) = expected.size.filter(|&s| s > 0) {
+            reserve(&file, size)?;
+        }
+        let file = fs_err::tokio::File::from_std(file);
         Ok(BlobWriter {
             store: self.clone(),
             file,
-            guard: TempGuard(Some(tmp_path)),
+            guard,
             hasher: Sha256Hasher::default(),
             written: 0,
             expected,
@@ -165,7 +206,11 @@ impl Store {
 
     /// Stores a small blob held in memory.
     pub async fn insert(&self, bytes: &[u8], expected: Expected) -> Result<Sha256, StoreError> {
-        let mut w = self.writer(expected)?;
+        let size = expected.size.unwrap_or(bytes.len() as u64);
+        let mut w = self.writer(Expected {
+            size: Some(size),
+            ..expected
+        })?;
         w.write(bytes).await?;
         w.finish().await
     }
@@ -267,6 +312,23 @@ impl Store {
             }
         }
         Ok(report)
+    }
+}
+
+/// Reserves `size` bytes for `file` without changing its length: `ENOSPC` now rather than
+/// halfway through. File systems that cannot reserve space are written to without it.
+fn reserve(file: &fs_err::File, size: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    match fallocate(file.file(), FallocateFlags::KEEP_SIZE, 0, size) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!(
+                "cannot reserve {size} bytes for {}: {e}",
+                file.path().display()
+            ),
+        )),
     }
 }
 

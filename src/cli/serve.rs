@@ -7,8 +7,11 @@ use aptgate_channels::Actor;
 use aptgate_config::Config;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything in data_dir is touched: opening the store clears its tmp/.
+    let _lock = aptgate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
     let sources = resolve_sources(&config)?;
     let state = AppState::open(&config, &sources).await?;
+    state.channels.know_publications().await;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -2,6 +2,7 @@
 
 use super::admin_client::AdminClient;
 use anyhow::Context;
+use aptgate::data_dir_lock::DataDirLock;
 use aptgate_channels::gc::{human_bytes, GcReport, StoreUsage};
 use aptgate_config::Config;
 use clap::Subcommand;
@@ -91,9 +92,21 @@ pub async fn gc(api: &AdminClient, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Beside a running server, `tmp/` is its downloads under way: left alone. Without one, the
+/// lock is held for the run (no server starts meanwhile) and `tmp/` is cleared as at start.
 fn verify(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = aptgate_mirror::Store::open(config.data_dir.join("store"))
-        .context("cannot open the store")?;
+    let root = config.data_dir.join("store");
+    let (store, _lock) = match DataDirLock::try_acquire(&config.data_dir)? {
+        Ok(lock) => (aptgate_mirror::Store::open(root), Some(lock)),
+        Err(holder) => {
+            let pid = holder
+                .pid
+                .map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
+            eprintln!("note: a server ({pid}) is using this data_dir; its downloads in store/tmp/ are left alone");
+            (aptgate_mirror::Store::open_shared(root), None)
+        }
+    };
+    let store = store.context("cannot open the store")?;
     let started = std::time::Instant::now();
     let mut last = started;
     let report = store.verify_all(|blobs, bytes| {

@@ -295,12 +295,25 @@ impl FixtureRepo {
         newest.version = version.into();
         let pool_path = newest.pool_path();
         self.regenerate()?;
-        Ok(self
-            .packages
+        Ok(self.published(&pool_path))
+    }
+
+    /// A maintainer re-upload: the newest `name` is built again (new bytes) under the same
+    /// pool path and version, the indices re-signed. Returns the new package entry.
+    pub fn reupload(&mut self, name: &str) -> anyhow::Result<FixturePackage> {
+        let pool_path = self.package(name).pool_path.clone();
+        self.built.remove(&pool_path);
+        self.regenerate()?;
+        Ok(self.published(&pool_path))
+    }
+
+    /// The published entry at `pool_path` (regenerate publishes every spec entry).
+    fn published(&self, pool_path: &str) -> FixturePackage {
+        self.packages
             .iter()
             .find(|p| p.pool_path == pool_path)
             .expect("regenerate publishes every spec entry")
-            .clone())
+            .clone()
     }
 
     /// Publishes `data` as the index file at `path` (e.g.

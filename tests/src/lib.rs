@@ -6,5 +6,6 @@ pub mod channels;
 pub mod db;
 pub mod fixture;
 pub mod process;
+pub mod proxy;
 pub mod signing;
 pub mod upstream;

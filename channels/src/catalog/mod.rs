@@ -36,6 +36,26 @@ pub enum CatalogError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// The database cannot be reached (stopped, restarting, network cut): temporary, the
+    /// pool reconnects by itself.
+    #[error(
+        "the catalog database cannot be reached ({what})\nhint: aptgate reconnects by itself \
+         once it answers again; check that the database server is running and reachable"
+    )]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database's disk is full.
+    #[error(
+        "the catalog database is out of space ({what})\nhint: free space where it keeps its files"
+    )]
+    StorageFull {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("catalog query failed: {what}")]
     Query {
         what: &'static str,
@@ -57,6 +77,13 @@ pub enum CatalogError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl CatalogError {
+    /// The database is unreachable for now; the same request may work later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -97,7 +124,11 @@ impl Catalog {
         } else {
             return Err(CatalogError::UnsupportedUrl(redact(url)));
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new();
+        if backend == Backend::Postgres {
+            options = options.acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT);
+        }
+        let pool = options
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -452,8 +483,44 @@ impl CatalogTx {
 }
 
 fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> CatalogError {
-    move |source| CatalogError::Query { what, source }
+    move |source| match classify(&source) {
+        Failure::Unavailable => CatalogError::Unavailable { what, source },
+        Failure::StorageFull => CatalogError::StorageFull { what, source },
+        Failure::Other => CatalogError::Query { what, source },
+    }
 }
+
+enum Failure {
+    Unavailable,
+    StorageFull,
+    Other,
+}
+
+/// Tells a database that went away (worth a 503 and a retry) and a full disk from a query
+/// that is wrong.
+fn classify(e: &sqlx::Error) -> Failure {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Failure::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: connection exceptions (08…), shutting down or starting up (57P0…).
+            Some(code) if code.starts_with("08") || code.starts_with("57P0") => {
+                Failure::Unavailable
+            }
+            // PostgreSQL disk_full; SQLite SQLITE_FULL (13).
+            Some("53100" | "13") => Failure::StorageFull,
+            _ => Failure::Other,
+        },
+        _ => Failure::Other,
+    }
+}
+
+/// How long a request waits for a PostgreSQL connection before it fails: while the database
+/// is down, admin requests answer 503 after this rather than hanging (sqlx's default is 30 s).
+const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Drops a password from a URL before it reaches a message or a log.
 fn redact(url: &str) -> String {

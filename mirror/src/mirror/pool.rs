@@ -21,16 +21,18 @@ impl Mirror {
     /// promise (the source's stored indices are read once per process), else by the record of
     /// an earlier verified download, else through the source's configured indices, fetched
     /// and verified if need be. A file none of them lists is passed through, unstored.
+    ///
+    /// Indices stored since the last lookup are read first, even when the path is known: an
+    /// upstream that re-uploads a file under the same name lists new bytes in its new index,
+    /// and a client on that index must get them, not the bytes the old index promised.
     pub(super) async fn pool_file(
         self: &Arc<Self>,
         name: &SourceName,
         source: &Source,
         path: &str,
     ) -> Result<Resolved, MirrorError> {
+        self.read_unread(name).await;
         let mut expected = self.pool_entry(name, path);
-        if expected.is_none() && self.read_unread(name).await {
-            expected = self.pool_entry(name, path);
-        }
         if expected.is_none() && self.load_stored_indices(name).await {
             expected = self.pool_entry(name, path);
         }
@@ -70,10 +72,13 @@ impl Mirror {
             .and_then(|m| m.get(path).copied())
     }
 
-    /// Reads the source's indices stored since the last miss; returns whether there were any.
-    async fn read_unread(&self, name: &SourceName) -> bool {
+    /// Reads the source's indices stored since the last lookup into the expectations.
+    async fn read_unread(&self, name: &SourceName) {
         let pending: Vec<(String, Sha256)> = {
             let mut unread = self.unread.lock().expect("lock poisoned");
+            if unread.is_empty() {
+                return;
+            }
             let (mine, others) = unread.drain(..).partition(|(n, _, _)| n == name);
             *unread = others;
             mine.into_iter()
@@ -83,7 +88,6 @@ impl Mirror {
         for (path, digest) in &pending {
             self.read_index(name, path, *digest).await;
         }
-        !pending.is_empty()
     }
 
     /// Reads the `Packages` indices this source has in the store (once per process), so pool
