@@ -62,12 +62,21 @@ impl Default for Config {
 pub struct ServerConfig {
     /// Address to listen on. Loopback by default: exposing a mirror is a deliberate choice.
     pub listen: SocketAddr,
+    /// A client must send a whole request head within this long, and an idle kept-alive
+    /// connection is closed after it (slowloris); `0` turns the limit off.
+    #[serde(with = "humantime_secs")]
+    pub header_read_timeout: Duration,
+    /// The largest request head (request line and headers) accepted; bigger ones get a 431
+    /// and the connection is closed. apt's requests are a few hundred bytes.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 8 * 1024,
         }
     }
 }
@@ -93,6 +102,15 @@ pub struct MirrorConfig {
     /// Give up on an upstream that sends nothing for this long (a stalled transfer).
     #[serde(with = "humantime_secs")]
     pub read_timeout: Duration,
+    /// An upstream transfer slower than this many bytes a second over a whole
+    /// `min_transfer_window` is abandoned (a trickling upstream); `0` turns the rule off.
+    pub min_transfer_rate: u64,
+    /// The window `min_transfer_rate` is measured over.
+    #[serde(with = "humantime_secs")]
+    pub min_transfer_window: Duration,
+    /// Hosts (`host` for its scheme's default port, or `host:port`) upstreams may redirect
+    /// to besides their own host and port. Any other redirect target is refused.
+    pub allowed_redirect_hosts: Vec<String>,
     /// Extra PEM CA certificates to trust for `https://` upstreams (besides the system's).
     pub extra_ca_certs: Vec<PathBuf>,
 }
@@ -105,6 +123,9 @@ impl Default for MirrorConfig {
             by_hash_grace: Duration::from_secs(6 * 3600),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            min_transfer_rate: 1024,
+            min_transfer_window: Duration::from_secs(60),
+            allowed_redirect_hosts: Vec::new(),
             extra_ca_certs: Vec::new(),
         }
     }

@@ -198,9 +198,8 @@ impl Mirror {
             status => return Err(failed(format!("answered {status}"))),
         }
         let mut body = bytes::BytesMut::with_capacity(size as usize);
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| failed(upstream::describe(&e)))?;
+        let mut stream = upstream::Body::new(response, self.rate_floor());
+        while let Some(chunk) = stream.chunk().await.map_err(failed)? {
             if (body.len() + chunk.len()) as u64 > size {
                 return Err(failed(format!("sent more than the {size} bytes listed")));
             }

@@ -30,7 +30,6 @@ use crate::release::SuiteRelease;
 use crate::store::{Expected, Store};
 use crate::upstream;
 use aptgate_config::{MirrorConfig, SourceConfig, SourceName};
-use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -215,6 +214,11 @@ impl Mirror {
             }
             _ => self.pool_file(name, source, path.as_str()).await,
         }
+    }
+
+    /// The slowest an upstream transfer may go before it is abandoned.
+    pub(crate) fn rate_floor(&self) -> Option<upstream::RateFloor> {
+        upstream::RateFloor::new(&self.config)
     }
 
     pub fn blob_path(&self, digest: &Sha256) -> std::path::PathBuf {
@@ -496,9 +500,8 @@ impl Mirror {
             });
         }
         progress.send_replace(Progress::Running(0));
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| DownloadFailure::new(upstream::describe(&e)))?;
+        let mut body = upstream::Body::new(response, self.rate_floor());
+        while let Some(chunk) = body.chunk().await.map_err(DownloadFailure::new)? {
             writer.write(&chunk).await.map_err(DownloadFailure::store)?;
             progress.send_replace(Progress::Running(writer.written()));
         }

@@ -18,7 +18,7 @@ use crate::error::MirrorError;
 use crate::flight::Failure;
 use crate::upstream;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use http::{header, HeaderMap};
 use std::io::{self, SeekFrom};
 use std::path::PathBuf;
@@ -154,8 +154,12 @@ impl PassFlight {
 
 impl Download {
     /// Downloads to the end (or until no client is left) and publishes how it ended.
-    pub async fn run(mut self, client: &reqwest::Client) -> Outcome {
-        let outcome = self.transfer(client).await;
+    pub async fn run(
+        mut self,
+        client: &reqwest::Client,
+        floor: Option<upstream::RateFloor>,
+    ) -> Outcome {
+        let outcome = self.transfer(client, floor).await;
         let last = match &outcome {
             Outcome::Done(written) => Progress::Done(*written),
             Outcome::Failed(failure) => Progress::Failed(failure.clone()),
@@ -165,7 +169,11 @@ impl Download {
         outcome
     }
 
-    async fn transfer(&mut self, client: &reqwest::Client) -> Outcome {
+    async fn transfer(
+        &mut self,
+        client: &reqwest::Client,
+        floor: Option<upstream::RateFloor>,
+    ) -> Outcome {
         let failed = |reason: String, not_found: bool| {
             Outcome::Failed(Failure {
                 not_found,
@@ -198,11 +206,12 @@ impl Download {
         self.progress.send_replace(Progress::Running(0));
 
         let mut written = 0u64;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => return failed(upstream::describe(&e), false),
+        let mut body = upstream::Body::new(response, floor);
+        loop {
+            let chunk = match body.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(reason) => return failed(reason, false),
             };
             // Flushed, so the bytes are in the file for every tailing client when published.
             let wrote = async {

@@ -197,6 +197,16 @@ impl Harness {
     }
 
     pub async fn with_spec(spec: crate::fixture::FixtureSpec, https: bool) -> Harness {
+        Self::configured(spec, https, |_| {}).await
+    }
+
+    /// Like [`Harness::with_spec`], with the test configuration changed by `tweak` first
+    /// (server limits, mirror timeouts, …).
+    pub async fn configured(
+        spec: crate::fixture::FixtureSpec,
+        https: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let repo = FixtureRepo::generate(&dir.path().join("upstream"), &spec).expect("fixture");
         let upstream = if https {
@@ -204,7 +214,14 @@ impl Harness {
         } else {
             Upstream::start(repo.root().to_owned()).await
         };
-        let app = TestApp::start(&dir.path().join("data"), &upstream, &repo).await;
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            sources: vec![fixture_source(&upstream, &repo)],
+            mirror: test_mirror_config(&upstream),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let app = TestApp::start_config(config).await;
         Harness {
             dir,
             repo,
@@ -225,6 +242,19 @@ impl Harness {
         )
         .expect("apt source");
         root
+    }
+
+    /// Fetches stable's `InRelease` and amd64 `Packages.xz`, so pool files have verified
+    /// expectations.
+    pub async fn prime(&self) {
+        for path in [
+            "dists/stable/InRelease",
+            "dists/stable/main/binary-amd64/Packages.xz",
+        ] {
+            let r = self.get(path).await;
+            assert_eq!(r.status(), 200, "{path}");
+            r.bytes().await.expect("a body");
+        }
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -55,6 +55,8 @@ pub enum Misbehaviour {
     Throttle { bytes_per_sec: u64 },
     /// Answer with this status and an empty body.
     Status(u16),
+    /// Answer with this many extra response headers (`x-filler-N`) before the file.
+    ManyHeaders(usize),
 }
 
 /// A request as the upstream saw it.
@@ -361,8 +363,21 @@ async fn respond(state: &State, request: Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return empty(StatusCode::METHOD_NOT_ALLOWED);
     }
+    let filler = match &misbehaviour {
+        Some(Misbehaviour::ManyHeaders(n)) => *n,
+        _ => 0,
+    };
     match serve_file(state, &path, &request, misbehaviour).await {
-        Ok(Some(response)) => response,
+        Ok(Some(mut response)) => {
+            for i in 0..filler {
+                let name = http::HeaderName::try_from(format!("x-filler-{i}"))
+                    .expect("a valid header name");
+                response
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_static("x"));
+            }
+            response
+        }
         Ok(None) => empty(StatusCode::NOT_FOUND),
         Err(_) => empty(StatusCode::INTERNAL_SERVER_ERROR),
     }

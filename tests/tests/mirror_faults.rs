@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Fetches the indices for stable/amd64 so pool files have verified expectations.
 async fn prime(h: &Harness) {
-    for path in [
-        "dists/stable/InRelease",
-        "dists/stable/main/binary-amd64/Packages.xz",
-    ] {
-        let r = h.get(path).await;
-        assert_eq!(r.status(), 200, "{path}");
-        r.bytes().await.unwrap();
-    }
+    h.prime().await;
 }
 
 /// Reads a body to the end; `Err` if the transfer broke off.

@@ -335,7 +335,7 @@ impl Mirror {
         let mirror = self.clone();
         tokio::spawn(async move {
             let (name, path) = &key;
-            match download.run(&mirror.client).await {
+            match download.run(&mirror.client, mirror.rate_floor()).await {
                 Outcome::Done(_) | Outcome::Abandoned => {}
                 Outcome::Failed(failure) if failure.not_found => {
                     mirror.remember_not_found(name, path)
