@@ -396,19 +396,6 @@ impl Mirror {
             .find_map(|(_, release)| release.expect(rest))
     }
 
-    /// Every digest listed by a superseded Release of `name` still within its grace: kept
-    /// alive by garbage collection like the current Release's.
-    pub(crate) fn superseded_digests(&self, name: &SourceName) -> Vec<Sha256> {
-        let superseded = self.superseded.lock().expect("lock poisoned");
-        superseded
-            .iter()
-            .filter(|((source, _), _)| source == name)
-            .flat_map(|(_, list)| list.iter())
-            .filter(|(at, _)| at.elapsed() < self.config.by_hash_grace)
-            .flat_map(|(_, release)| release.by_hash.keys().copied())
-            .collect()
-    }
-
     /// Re-reads a stored release file; its signature is checked again, since the store on
     /// disk is only as trustworthy as its last `store verify`.
     pub(crate) async fn load_stored_release(
