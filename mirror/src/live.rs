@@ -84,12 +84,6 @@ impl Mirror {
                     }
                 }
             }
-            // Indices of superseded Releases still served under `by-hash/`.
-            roots.indices.extend(
-                self.superseded_digests(name)
-                    .into_iter()
-                    .filter(|d| self.store().contains(d)),
-            );
             for (path, digest) in pool {
                 if listed.contains(&digest) {
                     roots.packages.insert(digest);

@@ -81,6 +81,9 @@ impl Source {
     }
 }
 
+/// When a release file's last revalidation ended, and whether upstream confirmed our copy.
+type LastRevalidation = Option<(Instant, bool)>;
+
 /// What a request resolved to.
 pub enum Resolved {
     /// A verified blob in the store.
@@ -101,8 +104,9 @@ pub struct Mirror {
     config: MirrorConfig,
     pub(crate) metrics: Metrics,
     flights: Mutex<HashMap<Sha256, Arc<Flight>>>,
-    /// One revalidation at a time per release file.
-    release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One revalidation at a time per release file; the lock holds when the last one ended
+    /// and whether upstream confirmed the copy, for the requests that waited for it.
+    release_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LastRevalidation>>>>,
     releases: RwLock<HashMap<(SourceName, String), Arc<SuiteRelease>>>,
     /// Releases a newer one replaced, and when: their `by-hash/` indices stay reachable for
     /// `by_hash_grace` (see `releases.rs`).

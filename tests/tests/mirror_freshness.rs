@@ -201,6 +201,19 @@ async fn an_expired_upstream_release_is_never_fresh_never_synced_and_raises_the_
         asked + 1,
         "an expired Release is revalidated however fresh its record"
     );
+    // A crowd of clients meanwhile: each waiting request takes the answer of the revalidation
+    // it waited for, instead of asking upstream once each.
+    let asked = s.upstream.count("dists/stable/InRelease");
+    let url = mirror.mirror_url("dists/stable/InRelease");
+    let crowd = futures::future::join_all((0..20).map(|_| get(&url))).await;
+    for r in crowd {
+        assert_eq!(r.headers()["x-aptgate-cache"], "stale");
+    }
+    let crowd_asked = s.upstream.count("dists/stable/InRelease") - asked;
+    assert!(
+        (1..20).contains(&crowd_asked),
+        "{crowd_asked} upstream requests"
+    );
     assert_eq!(suite_metric(&mirror, "release_expired"), 1);
     assert_eq!(
         suite_metric(&mirror, "release_frozen"),
@@ -358,4 +371,50 @@ async fn a_404_for_a_pool_or_by_hash_file_is_remembered_for_the_negative_cache_t
         assert_eq!(r.status(), 200, "{path}: asked again after the TTL");
         r.bytes().await.unwrap();
     }
+}
+
+/// T36: once the mirror holds a Release dated D2, an upstream (or a man in the middle) serving
+/// an older, validly signed one is ignored and counted — also after a restart, since the
+/// newest verified Release is what the mirror keeps on disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_upstream_release_never_replaces_a_newer_one_even_after_a_restart() {
+    let mut m = Mirror::start(|c| c.release_freshness = Duration::ZERO).await;
+    let older = fs_err::read(m.repo.path("dists/stable/InRelease")).unwrap();
+    // Date has one-second resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    next_upstream_state(&mut m.repo);
+    let newer = m.get("dists/stable/InRelease").await.bytes().await.unwrap();
+    assert_ne!(newer, older);
+
+    let config = m.app.config.clone();
+    m.app.stop().await;
+    m.app = TestApp::start_config(config).await;
+    fs_err::write(m.repo.path("dists/stable/InRelease"), &older).unwrap();
+    let r = m.get("dists/stable/InRelease").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), newer);
+    assert_eq!(suite_metric(&m.app, "release_refused_total"), 1);
+}
+
+/// T40 (a): a release file upstream sent and we refused is never stored, not even its ETag, so
+/// a later 304 can only ever confirm the verified copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_304_after_a_refused_release_confirms_only_the_verified_copy() {
+    let m = Mirror::start(|c| c.release_freshness = Duration::ZERO).await;
+    let verified = m.get("dists/stable/InRelease").await.text().await.unwrap();
+    let inrelease = m.repo.path("dists/stable/InRelease");
+    fs_err::write(
+        &inrelease,
+        verified.replacen("Suite: stable", "Suite: stablf", 1),
+    )
+    .unwrap();
+    let r = m.get("dists/stable/InRelease").await;
+    assert_eq!(r.headers()["x-aptgate-cache"], "stale");
+    assert_eq!(r.text().await.unwrap(), verified);
+
+    m.upstream
+        .misbehave("dists/stable/InRelease", Misbehaviour::Status(304));
+    let r = m.get("dists/stable/InRelease").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), verified);
 }

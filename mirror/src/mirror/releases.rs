@@ -43,11 +43,12 @@ impl Mirror {
         } else {
             format!("dists/{suite}/Release")
         };
+        let waiting_since = Instant::now();
         let lock = {
             let mut locks = self.release_locks.lock().expect("lock poisoned");
             locks.entry(format!("{name}/{lead}")).or_default().clone()
         };
-        let _guard = lock.lock().await;
+        let mut last = lock.lock().await;
 
         let cached = self
             .refs
@@ -61,11 +62,18 @@ impl Mirror {
             }
             None => false,
         };
-        let confirmed = if for_sync || !fresh {
-            self.revalidate_release(name, source, suite, &lead, cached.as_ref(), for_sync)
-                .await?
-        } else {
-            true
+        let confirmed = match *last {
+            _ if fresh && !for_sync => true,
+            // Another request asked upstream while this one waited: its answer stands, so a
+            // crowd of clients of an expired or refused Release costs one request, not one each.
+            Some((ended, confirmed)) if ended >= waiting_since && !for_sync => confirmed,
+            _ => {
+                let confirmed = self
+                    .revalidate_release(name, source, suite, &lead, cached.as_ref(), for_sync)
+                    .await?;
+                *last = Some((Instant::now(), confirmed));
+                confirmed
+            }
         };
         let record = self
             .refs
@@ -386,19 +394,6 @@ impl Mirror {
             .rev()
             .filter(|(at, _)| at.elapsed() < self.config.by_hash_grace)
             .find_map(|(_, release)| release.expect(rest))
-    }
-
-    /// Every digest listed by a superseded Release of `name` still within its grace: kept
-    /// alive by garbage collection like the current Release's.
-    pub(crate) fn superseded_digests(&self, name: &SourceName) -> Vec<Sha256> {
-        let superseded = self.superseded.lock().expect("lock poisoned");
-        superseded
-            .iter()
-            .filter(|((source, _), _)| source == name)
-            .flat_map(|(_, list)| list.iter())
-            .filter(|(at, _)| at.elapsed() < self.config.by_hash_grace)
-            .flat_map(|(_, release)| release.by_hash.keys().copied())
-            .collect()
     }
 
     /// Re-reads a stored release file; its signature is checked again, since the store on
