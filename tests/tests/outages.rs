@@ -313,6 +313,12 @@ async fn a_full_disk_fails_clearly_keeps_the_old_publication_and_recovers_when_f
         (507, &"storage_full".into()),
         "{body}"
     );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("hint:"), "{body}");
+    assert!(
+        !message.contains(".part"),
+        "temp paths stay in the log: {body}"
+    );
     assert_eq!(s.app.tmp_files(), 0, "temp files removed");
     let now = client().get(&in_release_url).send().await.unwrap();
     assert_eq!(
