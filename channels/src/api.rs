@@ -54,8 +54,19 @@ impl From<ChannelsError> for ApiError {
             "storage_full" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %e, "admin request failed");
+        }
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            // The error names temp files; the client needs to know what to do.
+            tracing::error!(error = %e, "admin request failed: no space left");
+            return Self::new(
+                status,
+                code,
+                "no space left to store what this change writes; nothing changed\nhint: free \
+                 space on the file system of aptgate's data_dir (or the database's), e.g. with \
+                 `aptgate gc`; no restart is needed",
+            );
         }
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             // Internal details go to the log, not to the client.

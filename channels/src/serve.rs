@@ -110,9 +110,55 @@ impl Channels {
     }
 
     /// A snapshot the channel pointed at, as it was last published (or re-signed) there.
-    /// Snapshots garbage collection deleted are gone.
+    /// Snapshots garbage collection deleted are gone. While the catalog cannot be read, one
+    /// this process served recently is served as it was.
     pub async fn served_snapshot(&self, channel: &str, snapshot: &str) -> Result<Arc<Served>> {
         self.channel_config(channel).await?;
+        let (digest, generation) = match self.snapshot_publication(channel, snapshot).await {
+            Ok(found) => found,
+            Err(e @ ChannelsError::Catalog(_)) => {
+                let known = self
+                    .history_served
+                    .lock()
+                    .expect("lock poisoned")
+                    .iter()
+                    .rev()
+                    .find(|(_, s)| {
+                        s.publication.channel == channel && s.publication.snapshot == snapshot
+                    })
+                    .map(|(_, s)| s.clone());
+                tracing::warn!(channel, snapshot, error = %e, "catalog unreadable; serving a past snapshot as last known");
+                return known.ok_or(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some((_, served)) = self
+            .history_served
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .find(|(d, _)| *d == digest)
+        {
+            return Ok(served.clone());
+        }
+        let publication: Publication = self.get_json("publication", &digest).await?;
+        let manifest: Manifest = self.get_json("manifest", &publication.manifest).await?;
+        let served = Arc::new(Served {
+            publication,
+            manifest,
+            generation,
+        });
+        let mut cache = self.history_served.lock().expect("lock poisoned");
+        if cache.len() >= 8 {
+            cache.remove(0);
+        }
+        cache.push((digest, served.clone()));
+        Ok(served)
+    }
+
+    /// The publication (and generation) a past snapshot of a channel is served from: its
+    /// re-signed one, or the one recorded when the channel moved to it.
+    async fn snapshot_publication(&self, channel: &str, snapshot: &str) -> Result<(Sha256, i64)> {
         let kept = self
             .catalog
             .snapshot(snapshot)
@@ -133,28 +179,7 @@ impl Channels {
             digest: hex.clone(),
             reason: e.to_string(),
         })?;
-        if let Some((_, served)) = self
-            .history_served
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .find(|(d, _)| *d == digest)
-        {
-            return Ok(served.clone());
-        }
-        let publication: Publication = self.get_json("publication", &digest).await?;
-        let manifest: Manifest = self.get_json("manifest", &publication.manifest).await?;
-        let served = Arc::new(Served {
-            publication,
-            manifest,
-            generation: entry.generation,
-        });
-        let mut cache = self.history_served.lock().expect("lock poisoned");
-        if cache.len() >= 8 {
-            cache.remove(0);
-        }
-        cache.push((digest, served.clone()));
-        Ok(served)
+        Ok((digest, entry.generation))
     }
 
     /// The digest and size a channel's `pool/` path stands for, if it lists it: looked up in

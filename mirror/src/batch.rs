@@ -165,7 +165,10 @@ impl Mirror {
                         },
                     ));
                 }
-                Err(e) => failed.push((w, MirrorError::internal(e))),
+                Err(e) => {
+                    let error = MirrorError::from_store(&w.path, e);
+                    failed.push((w, error));
+                }
             }
         }
         n

@@ -92,6 +92,14 @@ async fn channels_keep_serving_apt_while_the_catalog_is_down_and_recover_without
     let token = admin_token(s.app.data_dir());
     let (status, _, _) = admin_get(&s.app.url, &token, "channels/approved/history").await;
     assert_eq!(status, 200);
+    // A past snapshot's URL (apt's `--snapshot`), served once before the outage.
+    let snapshot = &s.app.state.channels.history("approved", 1).await.unwrap()[0].snapshot_id;
+    let snapshot_url = format!(
+        "{}/channels/approved/snapshots/{snapshot}/dists/stable/InRelease",
+        s.app.url
+    );
+    let before = client().get(&snapshot_url).send().await.unwrap();
+    let before = before.error_for_status().unwrap().bytes().await.unwrap();
 
     proxy.cut();
     // Past the channel cache's lifetime: serving has to do without the catalog.
@@ -112,6 +120,12 @@ async fn channels_keep_serving_apt_while_the_catalog_is_down_and_recover_without
         started.elapsed() < Duration::from_secs(30),
         "apt waited on the catalog: {:?}",
         started.elapsed()
+    );
+
+    let during = client().get(&snapshot_url).send().await.unwrap();
+    assert_eq!(
+        during.error_for_status().unwrap().bytes().await.unwrap(),
+        before
     );
 
     // The admin API says what is wrong, quickly, with a stable code.
@@ -298,6 +312,12 @@ async fn a_full_disk_fails_clearly_keeps_the_old_publication_and_recovers_when_f
         (status, &body["code"]),
         (507, &"storage_full".into()),
         "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("hint:"), "{body}");
+    assert!(
+        !message.contains(".part"),
+        "temp paths stay in the log: {body}"
     );
     assert_eq!(s.app.tmp_files(), 0, "temp files removed");
     let now = client().get(&in_release_url).send().await.unwrap();
