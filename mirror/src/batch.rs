@@ -166,7 +166,7 @@ impl Mirror {
                     ));
                 }
                 Err(e) => {
-                    let error = MirrorError::from_store(&w.path, e);
+                    let error = MirrorError::from_store(w.path.as_str(), e);
                     failed.push((w, error));
                 }
             }
