@@ -79,11 +79,10 @@ impl From<ChannelsError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
+        let mut response = aptgate_mirror::error::json_error(
             self.status,
-            Json(json!({ "code": self.code, "message": self.message })),
-        )
-            .into_response();
+            &json!({ "code": self.code, "message": self.message }),
+        );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             // The database is down for now; clients may retry.
             response.headers_mut().insert(

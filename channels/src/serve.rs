@@ -240,7 +240,11 @@ impl Channels {
             what: path.to_owned(),
         };
         for origin in &origins {
-            upstream = match self.mirror.fetch_blob(origin, &pool_path, digest, size).await {
+            upstream = match self
+                .mirror
+                .fetch_blob(origin, &pool_path, digest, size)
+                .await
+            {
                 Ok(Resolved::Streaming(flight)) => match flight.started().await {
                     Ok(()) => return Ok(Resolved::Streaming(flight)),
                     Err(failure) => failure.into_error(path),

@@ -109,7 +109,7 @@ impl IntoResponse for MirrorError {
         if let Some(hint) = self.hint() {
             body["hint"] = hint.into();
         }
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = json_error(status, &body);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -118,4 +118,24 @@ impl IntoResponse for MirrorError {
         }
         response
     }
+}
+
+/// An error answer as JSON that no browser renders as markup: `<`, `>` and `&` (which can come
+/// from a request path echoed in a message) are written as `\u003c`, `\u003e`, `\u0026` — the
+/// same JSON value — and `nosniff` stops content sniffing.
+pub fn json_error(status: StatusCode, body: &serde_json::Value) -> Response {
+    let text = body
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    (
+        status,
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        text,
+    )
+        .into_response()
 }
