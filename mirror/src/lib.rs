@@ -16,7 +16,7 @@ pub mod path;
 pub mod refs;
 pub mod release;
 pub mod routes;
-mod small;
+mod serve_blob;
 pub mod store;
 pub mod upstream;
 
