@@ -17,7 +17,7 @@ pub mod refs;
 pub mod release;
 pub mod release_health;
 pub mod routes;
-mod small;
+mod serve_blob;
 pub mod store;
 pub mod upstream;
 
