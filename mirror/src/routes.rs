@@ -74,7 +74,15 @@ pub async fn respond(
     let mut response = match resolved {
         Ok(Resolved::Blob { digest, stale }) => {
             let blob = mirror.blob_path(&digest);
-            let served = serve_blob::serve(&blob, &digest, request.method(), request.headers());
+            // pool/ and by-hash/ URLs are the ones served `immutable`.
+            let immutable = cache_control.contains("immutable");
+            let served = serve_blob::serve(
+                &blob,
+                &digest,
+                immutable,
+                request.method(),
+                request.headers(),
+            );
             let mut r = match served {
                 Some(r) => r,
                 // Unreadable (say, removed since it was resolved) or not matching its digest:

@@ -144,9 +144,17 @@ enum Content {
 
 /// Answers a request for the blob `digest` stored at `path`, or `None` if the file cannot be
 /// opened (the caller's general path then reports it).
+///
+/// `immutable`: the URL always names these bytes (`pool/`, `by-hash/`). Otherwise (`InRelease`,
+/// an index by its stable name) the URL names different blobs over time, two of which can be
+/// stored within one second — the resolution of `Last-Modified` — so a date is no validator
+/// there: `If-Modified-Since` and a dated `If-Range` are ignored (the `ETag` still is one).
+/// Without this, apt holding the previous `InRelease` got `304` for the new one and then a
+/// Hash Sum mismatch on the pool file the new index named.
 pub fn serve(
     path: &Path,
     digest: &Sha256,
+    immutable: bool,
     method: &Method,
     headers: &HeaderMap,
 ) -> Option<Response> {
@@ -154,6 +162,7 @@ pub fn serve(
         return respond(
             &hot.validators,
             Content::Memory(hot.bytes.clone()),
+            immutable,
             method,
             headers,
         );
@@ -182,28 +191,32 @@ pub fn serve(
         return respond(
             &hot.validators,
             Content::Memory(hot.bytes.clone()),
+            immutable,
             method,
             headers,
         );
     }
-    respond(&validators, Content::File(file), method, headers)
+    respond(&validators, Content::File(file), immutable, method, headers)
 }
 
 fn respond(
     v: &Validators,
     content: Content,
+    immutable: bool,
     method: &Method,
     headers: &HeaderMap,
 ) -> Option<Response> {
     let len = v.len;
-    if not_modified(headers, &v.etag, v.modified) {
+    // A date validates only the bytes of an immutable URL (see `serve`).
+    let modified = immutable.then_some(v.modified);
+    if not_modified(headers, &v.etag, modified) {
         let mut r = response(StatusCode::NOT_MODIFIED, Body::empty());
         set_validators(&mut r, v);
         return Some(r);
     }
     let range = headers
         .get(header::RANGE)
-        .filter(|_| if_range_holds(headers, &v.etag, v.modified))
+        .filter(|_| if_range_holds(headers, &v.etag, modified))
         .and_then(|v| v.to_str().ok())
         .map(|v| parse_range(v, len));
     let (status, start, end) = match range {
@@ -317,7 +330,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: SystemTime) -> bool {
+fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: Option<SystemTime>) -> bool {
     let etag = etag.as_bytes();
     if let Some(tags) = header_str(headers, header::IF_NONE_MATCH) {
         return tags
@@ -325,17 +338,21 @@ fn not_modified(headers: &HeaderMap, etag: &HeaderValue, modified: SystemTime) -
             .map(|t| t.trim().trim_start_matches("W/"))
             .any(|t| t == "*" || t.as_bytes() == etag);
     }
+    let Some(modified) = modified else {
+        return false;
+    };
     header_str(headers, header::IF_MODIFIED_SINCE)
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .is_some_and(|since| modified <= since)
 }
 
-/// `If-Range` holds when it names the current ETag or the exact Last-Modified.
-fn if_range_holds(headers: &HeaderMap, etag: &HeaderValue, modified: SystemTime) -> bool {
+/// `If-Range` holds when it names the current ETag or the exact Last-Modified (of an
+/// immutable URL: `modified` is `None` otherwise).
+fn if_range_holds(headers: &HeaderMap, etag: &HeaderValue, modified: Option<SystemTime>) -> bool {
     match header_str(headers, header::IF_RANGE) {
         None => true,
         Some(v) if v.starts_with('"') || v.starts_with("W/") => v.as_bytes() == etag.as_bytes(),
-        Some(v) => httpdate::parse_http_date(v).is_ok_and(|d| d == modified),
+        Some(v) => httpdate::parse_http_date(v).is_ok_and(|d| Some(d) == modified),
     }
 }
 

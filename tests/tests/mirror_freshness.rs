@@ -418,3 +418,51 @@ async fn a_304_after_a_refused_release_confirms_only_the_verified_copy() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), verified);
 }
+
+/// A URL whose content changes (`InRelease`, an index by name) is never answered `304` by date:
+/// two of its versions can be stored within the second `Last-Modified` resolves, and apt kept
+/// the old InRelease, then failed the new pool file with a Hash Sum mismatch. Only the `ETag`
+/// validates there; `pool/` keeps answering `If-Modified-Since`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_release_file_is_never_answered_304_by_date() {
+    let mut m = Mirror::start(|c| c.release_freshness = Duration::ZERO).await;
+    let first = m.get("dists/stable/InRelease").await;
+    let etag = first.headers()["etag"].clone();
+    let held = first.bytes().await.unwrap();
+    next_upstream_state(&mut m.repo);
+    // A client whose copy is dated after anything stored here (same second, or a clock ahead).
+    let since = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    let r = aptgate_tests::app::client()
+        .get(m.app.mirror_url("dists/stable/InRelease"))
+        .header("if-modified-since", &since)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a date must not validate a changed InRelease"
+    );
+    assert_ne!(r.bytes().await.unwrap(), held);
+    // The exact validator still saves the transfer when nothing changed.
+    let current = m.get("dists/stable/InRelease").await;
+    let current_etag = current.headers()["etag"].clone();
+    assert_ne!(current_etag, etag);
+    let r = aptgate_tests::app::client()
+        .get(m.app.mirror_url("dists/stable/InRelease"))
+        .header("if-none-match", current_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    // Immutable URLs keep their date validator.
+    let pool = m.repo.package("hello").pool_path.clone();
+    assert_eq!(m.get(&pool).await.status(), 200);
+    let r = aptgate_tests::app::client()
+        .get(m.app.mirror_url(&pool))
+        .header("if-modified-since", &since)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+}
