@@ -74,12 +74,10 @@ pub async fn respond(
     let mut response = match resolved {
         Ok(Resolved::Blob { digest, stale }) => {
             let blob = mirror.blob_path(&digest);
-            // pool/ and by-hash/ URLs are the ones served `immutable`.
-            let immutable = cache_control.contains("immutable");
             let served = serve_blob::serve(
                 &blob,
                 &digest,
-                immutable,
+                is_immutable(path),
                 request.method(),
                 request.headers(),
             );
@@ -161,11 +159,17 @@ pub async fn respond(
     response
 }
 
-/// Release files change; by-hash and pool files never do (a new version has a new name).
+/// Whether the URL always names the same bytes: by-hash and pool files never change (a new
+/// version has a new name); release files and indices by their stable name do.
+pub fn is_immutable(p: &str) -> bool {
+    p.starts_with("pool/") || p.contains("/by-hash/")
+}
+
+/// Release files change; by-hash and pool files never do.
 pub fn cache_control(p: &str) -> &'static str {
     if p.ends_with("/InRelease") || p.ends_with("/Release") || p.ends_with("/Release.gpg") {
         "no-cache"
-    } else if p.starts_with("pool/") || p.contains("/by-hash/") {
+    } else if is_immutable(p) {
         "public, max-age=31536000, immutable"
     } else {
         "public, max-age=300"

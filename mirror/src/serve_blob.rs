@@ -158,45 +158,47 @@ pub fn serve(
     method: &Method,
     headers: &HeaderMap,
 ) -> Option<Response> {
-    if let Some(hot) = hot(digest) {
-        return respond(
-            &hot.validators,
-            Content::Memory(hot.bytes.clone()),
-            immutable,
-            method,
-            headers,
-        );
-    }
-    let mut file = fs_err::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    let validators = Validators::new(digest, meta.len(), meta.modified().ok()?);
-    if validators.len <= HOT_MAX {
-        let mut bytes = Vec::with_capacity(validators.len as usize);
-        file.read_to_end(&mut bytes).ok()?;
-        if bytes.len() as u64 != validators.len {
-            return None;
+    let hot = match hot(digest) {
+        Some(hot) => hot,
+        None => {
+            let mut file = fs_err::File::open(path).ok()?;
+            let meta = file.metadata().ok()?;
+            let validators = Validators::new(digest, meta.len(), meta.modified().ok()?);
+            if validators.len > HOT_MAX {
+                return respond(&validators, Content::File(file), immutable, method, headers);
+            }
+            load_hot(&mut file, digest, validators)?
         }
-        // Checked once on the way in, so a copy kept in memory is never a corrupt one that
-        // would outlive `store verify` quarantining the file.
-        let mut hasher = crate::digest::Sha256Hasher::default();
-        hasher.update(&bytes);
-        if hasher.finish() != *digest {
-            return None;
-        }
-        let hot = Arc::new(Hot {
-            validators,
-            bytes: Bytes::from(bytes),
-        });
-        keep_hot(*digest, hot.clone());
-        return respond(
-            &hot.validators,
-            Content::Memory(hot.bytes.clone()),
-            immutable,
-            method,
-            headers,
-        );
+    };
+    respond(
+        &hot.validators,
+        Content::Memory(hot.bytes.clone()),
+        immutable,
+        method,
+        headers,
+    )
+}
+
+/// Reads a small blob whole and keeps it in memory, or `None` if it is not what its digest
+/// says — checked once on the way in, so a copy kept in memory is never a corrupt one that
+/// would outlive `store verify` quarantining the file.
+fn load_hot(file: &mut fs_err::File, digest: &Sha256, validators: Validators) -> Option<Arc<Hot>> {
+    let mut bytes = Vec::with_capacity(validators.len as usize);
+    file.read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 != validators.len {
+        return None;
     }
-    respond(&validators, Content::File(file), immutable, method, headers)
+    let mut hasher = crate::digest::Sha256Hasher::default();
+    hasher.update(&bytes);
+    if hasher.finish() != *digest {
+        return None;
+    }
+    let hot = Arc::new(Hot {
+        validators,
+        bytes: Bytes::from(bytes),
+    });
+    keep_hot(*digest, hot.clone());
+    Some(hot)
 }
 
 fn respond(

@@ -168,6 +168,25 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// Sends `GET <target>` as written (no client library normalises the path first) on a
+/// connection of its own; the whole response, head and body, and its status (0 if none).
+pub async fn raw_get(base: &str, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
 /// The body of a `GET` that must succeed.
 pub async fn get_text(url: &str) -> String {
     client()

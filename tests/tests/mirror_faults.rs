@@ -1,6 +1,6 @@
 //! How the mirror copes with misbehaving upstreams and hostile requests.
 
-use aptgate_tests::app::{client, fixture_source, test_mirror_config, Harness, TestApp};
+use aptgate_tests::app::{client, fixture_source, raw_get, test_mirror_config, Harness, TestApp};
 use aptgate_tests::fixture::{FixtureSpec, LARGE_PACKAGE};
 use aptgate_tests::upstream::Misbehaviour;
 use futures::StreamExt;
@@ -469,22 +469,6 @@ async fn unknown_files_are_404_and_remembered_briefly() {
     assert!(body["hint"].as_str().unwrap().contains("fixture"));
 }
 
-/// Sends a raw request line, so no client library normalises the path first.
-async fn raw_status(base: &str, target: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let head = String::from_utf8_lossy(&response);
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn no_path_escapes_the_store() {
     let h = Harness::new().await;
@@ -503,7 +487,7 @@ async fn no_path_escapes_the_store() {
         "/mirror/%2e%2e/dists/stable/InRelease",
         long.as_str(),
     ] {
-        let status = raw_status(&h.app.url, target).await;
+        let (status, _) = raw_get(&h.app.url, target).await;
         assert!(status == 400 || status == 404, "{target} → {status}");
     }
     let escaped = h
