@@ -277,11 +277,13 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        client()
-            .get(self.app.mirror_url(path))
-            .send()
-            .await
-            .expect("request to aptgate")
+        self.try_get(path).await.expect("request to aptgate")
+    }
+
+    /// A GET that may fail before any response head: a server whose first body chunk fails
+    /// drops the connection without one.
+    pub async fn try_get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        client().get(self.app.mirror_url(path)).send().await
     }
 }
 

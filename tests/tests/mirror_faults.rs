@@ -20,8 +20,13 @@ async fn read_body(r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
 /// True if the client could tell the fetch failed: an error status, or (once streaming began)
 /// a body that ends with an error. A failure can land before the client's request looks at
 /// the download, so either form is a correct answer; a clean `200` body is not.
-async fn fetch_fails(r: reqwest::Response) -> bool {
-    !r.status().is_success() || read_body(r).await.is_err()
+/// Whether a download failed: an error status, a cut body, or (when the failure comes before
+/// the first body byte) a connection closed before any response head.
+async fn fetch_fails(r: reqwest::Result<reqwest::Response>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(r) => !r.status().is_success() || read_body(r).await.is_err(),
+    }
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -166,7 +171,7 @@ async fn extra_bytes_from_upstream_are_cut_off_and_nothing_is_stored() {
     let pkg = h.repo.package_in("stable", "hello", "amd64").clone();
     h.upstream
         .misbehave(&pkg.pool_path, Misbehaviour::ExtraBytes(100));
-    let r = h.get(&pkg.pool_path).await;
+    let r = h.try_get(&pkg.pool_path).await;
     assert!(
         fetch_fails(r).await,
         "a body longer than promised must not pass"
