@@ -134,10 +134,12 @@ impl Channels {
         channels.reload_channels(true).await?;
         Ok(channels)
     }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
+    /// The catalog, shared with the crates that keep their tables beside it (`fleet`).
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

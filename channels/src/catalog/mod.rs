@@ -154,14 +154,33 @@ impl Catalog {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrations
-            .run(&pool)
+        let catalog = Self { pool, backend };
+        catalog
+            .migrate(migrations)
             .await
             .map_err(|source| CatalogError::Migrate {
                 url: redact(url),
                 source,
             })?;
-        Ok(Self { pool, backend })
+        Ok(catalog)
+    }
+
+    /// Applies one crate's migrations. Several crates keep their tables in this database
+    /// (`channels` numbers its migrations from 1, `fleet` from 1001), so each migrator ignores
+    /// the versions the others applied.
+    pub async fn migrate(&self, migrations: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+        let shared = Migrator {
+            migrations: migrations.migrations.clone(),
+            ignore_missing: true,
+            locking: migrations.locking,
+            no_tx: migrations.no_tx,
+        };
+        shared.run(&self.pool).await
+    }
+
+    /// The connection pool, for crates that keep their own tables here (`fleet`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn backend(&self) -> Backend {

@@ -97,7 +97,8 @@ pub struct Snapshot {
 }
 
 string_enum!(
-    /// What an audit entry records.
+    /// What an audit entry records. `Refused`: an agent request refused for who sent it
+    /// (another host's data, a replay, a revoked host), so admins see attempts too.
     AuditAction {
         Sync => "sync",
         Snapshot => "snapshot",
@@ -108,6 +109,17 @@ string_enum!(
         Key => "key",
         Channel => "channel",
         Gc => "gc",
+        Host => "host",
+        Token => "token",
+        Rule => "rule",
+        Command => "command",
+        Approve => "approve",
+        Decline => "decline",
+        Upload => "upload",
+        Profile => "profile",
+        Refused => "refused",
+        Lease => "lease",
+        Rollout => "rollout",
     }
 );
 
