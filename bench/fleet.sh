@@ -2,7 +2,7 @@
 # The fleet server under simulated agents: enrollment, inventory uploads, check-ins at a fixed
 # rate, the fleet pending queue and long-poll waits, on SQLite and on PostgreSQL. The agents
 # are `aptgate-fleet-load` (tests/src/bin/aptgate-fleet-load.rs), which speaks the agent
-# protocol; the server is the release build with a synthetic upstream of 750+ packages, a
+# protocol; the server is the release build with a synthetic upstream of 1500 packages, a
 # `testing` channel that follows it and an `approved` channel one step behind, so every host
 # has updates awaiting approval. Prints a markdown table and writes it into bench/README.md
 # between the FLEET markers.
@@ -55,12 +55,13 @@ wait_http() {
 # for each, and so does the server.
 ulimit -n 65536
 
-echo "== synthetic upstream: 750 small packages, 10 % of them at a new version in next/" >&2
-"$FIXTURE" generate "$WORK/repo" --packages 750 --next-percent 10 --large-mib 1 --medium-kib 64 \
+echo "== synthetic upstream: 1500 small packages (750 amd64), 10 % at a new version in next/" >&2
+"$FIXTURE" generate "$WORK/repo" --packages 1500 --next-percent 10 --large-mib 1 --medium-kib 64 \
   >"$WORK/generated.tsv"
-KEY=$(head -n 1 "$WORK/generated.tsv")
-# Installed on every simulated host: the small packages at their first version.
-grep -P '^extra-\d+\t' "$WORK/generated.tsv" | awk -F'\t' '!seen[$1 $3]++ {print $1 "\t" $2 "\t" $3}' \
+KEY=$(awk -F'\t' '$1 == "key" {print $2}' "$WORK/generated.tsv")
+# Installed on every simulated (amd64) host: the small amd64 packages at their first version.
+grep -P '^extra-\d+\t' "$WORK/generated.tsv" |
+  awk -F'\t' '$3 == "amd64" && !seen[$1]++ {print $1 "\t" $2 "\t" $3}' \
   >"$WORK/installed.tsv"
 ln -sfn "$WORK/repo/base" "$WORK/upstream"
 UP_PORT=$(free_port)
