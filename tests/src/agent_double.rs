@@ -192,7 +192,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Body>) -> Response {
             };
             let mut state = shared.state.lock().unwrap();
             let known = state.inventories.last().map(|i| i.digest.clone());
-            let upload_inventory = state.upload_inventory || checkin.inventory_digest != known;
+            let upload_inventory = state.upload_inventory
+                || checkin.inventory_digest.is_none()
+                || checkin.inventory_digest != known;
             state.checkins.push(checkin);
             let status = state.status.unwrap_or(HostStatus::Active);
             let commands = if status == HostStatus::Active {
@@ -310,4 +312,28 @@ fn check_signature(
         return Err("nonce replayed".into());
     }
     Ok(())
+}
+
+/// `aptgate-agent` as a real process (built by `cargo build --workspace --bins`, as
+/// `scripts/test` does), with no `APTGATE_*` variable or proxy from the test's environment.
+pub fn agent_command() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("aptgate-agent");
+    assert!(
+        bin.is_file(),
+        "build the agent first (cargo build -p aptgate-agent): {} missing",
+        bin.display()
+    );
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("NO_COLOR", "1");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("APTGATE_") || key.to_ascii_lowercase().ends_with("_proxy") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
