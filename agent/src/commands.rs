@@ -63,7 +63,10 @@ impl Apt {
             .env("APT_LISTBUGS_FRONTEND", "none")
             .env("NEEDRESTART_MODE", "l")
             .env("LC_ALL", "C.UTF-8")
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null())
+            // A Ctrl-C meant for the agent must not interrupt dpkg halfway: apt gets its own
+            // process group, and the agent stops only between cycles.
+            .process_group(0);
         if let Some(config) = &self.config_file {
             command.env("APT_CONFIG", config);
         }

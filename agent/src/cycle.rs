@@ -311,7 +311,10 @@ impl Agent {
             let interval = Duration::from_secs(outcome.poll.interval_secs.max(1));
             if outcome.poll.wait_secs > 0 {
                 let wait = Duration::from_secs(outcome.poll.wait_secs);
-                let hold = wait + jitter(wait / 10) + Duration::from_secs(5);
+                // The server ends the wait after `wait_secs`; the client gives up a little later
+                // (jittered, so hosts drift apart), or at the poll interval if that is shorter.
+                let hold = (wait + Duration::from_secs(5) + jitter(wait / 10))
+                    .min(interval + jitter(interval / 10));
                 let state = self.state_dir.load_state()?;
                 let client =
                     AgentClient::new(&state.server, &state.host_id, self.state_dir.load_key()?)?;
