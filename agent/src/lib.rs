@@ -2,4 +2,16 @@
 //! its inventory and runs the commands admins queue. [`protocol`] is the wire contract with the
 //! server (`fleet/`), shared by both sides.
 
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod cycle;
+pub mod facts;
+pub mod files;
+pub mod host_root;
+pub mod inventory;
+pub mod other_sources;
 pub mod protocol;
+pub mod reboot;
+pub mod sources;
+pub mod state;
