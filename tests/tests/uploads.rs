@@ -331,7 +331,21 @@ async fn bad_uploads_change_nothing(backend: Backend) {
     let err = cli(&s, &token, &["upload", good.to_str().unwrap(), "--to", "fixture"]).unwrap_err();
     assert!(err.contains("kind = \"local\""), "{err}");
 
-    // The local source's sync lists the one good upload.
+    // A channel created at run time may follow several sources too; the local source's
+    // sync lists the one good upload and moves it (and testing).
+    let out = cli(
+        &s,
+        &token,
+        &["channel", "create", "mixed", "--follows", "fixture,inhouse"],
+    )
+    .unwrap();
+    assert!(out.contains("created channel mixed"), "{out}");
+    let err = cli(&s, &token, &["channel", "create", "x", "--follows", "inhouse,nope"])
+        .unwrap_err();
+    assert!(err.contains("unknown source") || err.contains("unknown_source"), "{err}");
     let outcome = sync(&s, LOCAL).await;
     assert_eq!(outcome.packages, 1);
+    assert_eq!(outcome.followed_by, ["mixed", "testing"]);
+    let host = s.host("host-mixed", "mixed");
+    assert_eq!(candidate(&host, "inhouse-tool").await, "1.0-1");
 }
