@@ -133,7 +133,11 @@ fn control_file(member: &str, bytes: Vec<u8>) -> Result<String, DebError> {
             zstd::Decoder::new(cursor)
                 .map_err(|e| DebError::NotADeb(format!("control.tar.zst: {e}")))?,
         ),
-        other => return Err(DebError::NotADeb(format!("unknown control member {other:?}"))),
+        other => {
+            return Err(DebError::NotADeb(format!(
+                "unknown control member {other:?}"
+            )))
+        }
     };
     let bad = |e: std::io::Error| DebError::NotADeb(format!("unreadable {member} ({e})"));
     let mut tar = tar::Archive::new(decoded.take(MAX_CONTROL_TAR));
@@ -154,8 +158,7 @@ fn control_file(member: &str, bytes: Vec<u8>) -> Result<String, DebError> {
         if text.len() as u64 > MAX_CONTROL_FILE {
             return Err(DebError::BadControl("larger than 1 MiB".into()));
         }
-        return String::from_utf8(text)
-            .map_err(|_| DebError::BadControl("not UTF-8".into()));
+        return String::from_utf8(text).map_err(|_| DebError::BadControl("not UTF-8".into()));
     }
     Err(DebError::NotADeb(format!("{member} holds no control file")))
 }
@@ -166,7 +169,10 @@ pub fn parse_control(text: &str) -> Result<DebControl, DebError> {
     if text.contains('\r') {
         return bad("it has CR line ends".into());
     }
-    if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
         return bad(format!("it holds the control character {c:?}"));
     }
     let paragraph = text.trim_matches('\n');
@@ -254,8 +260,9 @@ fn valid_package_name(name: &str) -> bool {
     b.len() >= 2
         && b.len() <= 128
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.'))
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.')
+        })
 }
 
 /// dpkg's version syntax: `[epoch:]upstream[-revision]`, the epoch a number, the upstream
@@ -320,10 +327,19 @@ mod tests {
 
     #[test]
     fn versions() {
-        for ok in ["1.0", "1:2.0-1", "2.10-3+deb12u1", "1.0~rc1-1~bpo12+1", "0-1", "1.2-3-4"] {
+        for ok in [
+            "1.0",
+            "1:2.0-1",
+            "2.10-3+deb12u1",
+            "1.0~rc1-1~bpo12+1",
+            "0-1",
+            "1.2-3-4",
+        ] {
             assert_eq!(check_version(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "a1.0", "1.0-", "x:1.0", "1.0 1", "1.0_1", ":1.0", "1:", "1.0-1:2"] {
+        for bad in [
+            "", "a1.0", "1.0-", "x:1.0", "1.0 1", "1.0_1", ":1.0", "1:", "1.0-1:2",
+        ] {
             assert!(check_version(bad).is_err(), "{bad}");
         }
     }

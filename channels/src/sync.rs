@@ -251,7 +251,10 @@ impl Channels {
             .is_some_and(|s| s.manifest_sha256 == digest.to_hex());
         let mut tx = self.catalog.begin().await?;
         let snapshot = if unchanged {
-            info!(source = source_name, "no uploads since the last sync; no new snapshot");
+            info!(
+                source = source_name,
+                "no uploads since the last sync; no new snapshot"
+            );
             None
         } else {
             let summary = serde_json::json!({
@@ -397,7 +400,11 @@ impl Channels {
         let ids: Vec<String> = inputs.iter().map(|s| s.id.clone()).collect();
         // The description merge_snapshots gives the merge of exactly these inputs.
         let description = format!("merge of {}", ids.join(" + "));
-        let newest = inputs.iter().map(|s| s.created_at).max().unwrap_or_default();
+        let newest = inputs
+            .iter()
+            .map(|s| s.created_at)
+            .max()
+            .unwrap_or_default();
         let history = self.catalog.channel_history(channel, 1000).await?;
         for h in history.iter().take_while(|h| h.at >= newest) {
             if let Some(s) = self.catalog.snapshot(&h.snapshot_id).await? {

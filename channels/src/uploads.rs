@@ -123,8 +123,7 @@ impl Channels {
                  upload the .deb file itself"
             ))
         })?;
-        if control.architecture != "all" && !source.architectures.contains(&control.architecture)
-        {
+        if control.architecture != "all" && !source.architectures.contains(&control.architecture) {
             return Err(ChannelsError::BadUpload(format!(
                 "{} {} is for architecture {}, which source {source_name} does not carry\n\
                  hint: its architectures: {} (and all); add it to the source's architectures",
@@ -258,7 +257,12 @@ impl Channels {
                                 reason: e.to_string(),
                             }
                         })?;
-                        stanzas.push(stanza_text(&u.control, &u.pool_path, u.size as u64, &sha256));
+                        stanzas.push(stanza_text(
+                            &u.control,
+                            &u.pool_path,
+                            u.size as u64,
+                            &sha256,
+                        ));
                     }
                     let count = stanzas.len() as u64;
                     let text = index::render(stanzas.iter().map(String::as_str));
@@ -312,11 +316,7 @@ fn conflict(existing: &Upload, upload: &Upload) -> ChannelsError {
         format!(
             "{what} was already uploaded to {} suite {} component {}; one file has one place\n\
              hint: upload it with --suite {} --component {}, or promote it to other channels",
-            existing.source,
-            existing.suite,
-            existing.component,
-            existing.suite,
-            existing.component
+            existing.source, existing.suite, existing.component, existing.suite, existing.component
         )
     })
 }
@@ -330,7 +330,9 @@ fn index_stanza(
     sha256: &Sha256,
 ) -> Result<String> {
     PoolPath::parse(pool_path).map_err(|e| {
-        ChannelsError::BadUpload(format!("the package's pool path {pool_path:?} is unusable: {e}"))
+        ChannelsError::BadUpload(format!(
+            "the package's pool path {pool_path:?} is unusable: {e}"
+        ))
     })?;
     let text = stanza_text(&control.stanza, pool_path, size, sha256);
     index::parse(&text).map_err(|e| ChannelsError::BadUpload(format!("{e}")))?;

@@ -433,7 +433,11 @@ impl Config {
 /// suites, components and architectures uploads may go to.
 fn validate_local(s: &crate::SourceConfig) -> Result<(), ConfigError> {
     let invalid = |message: String| Err(ConfigError::Invalid { message });
-    if s.url.is_some() || !s.keyring.is_empty() || !s.inline_keys.is_empty() || !s.fallback.is_empty() {
+    if s.url.is_some()
+        || !s.keyring.is_empty()
+        || !s.inline_keys.is_empty()
+        || !s.fallback.is_empty()
+    {
         return invalid(format!(
             "source {}: a local source has no url, keyring, inline_keys or fallback\nhint: its \
              packages are uploaded with `aptgate upload FILE.deb --to {}`",

@@ -154,7 +154,10 @@ fn local_sources_and_channels_following_several() {
     assert_eq!(c.channels[0].follows, c.channels[1].follows);
 
     let err = load_text(&local.replace("kind = \"local\"\n", "")).unwrap_err();
-    assert!(err.contains("no url") && err.contains("kind = \"local\""), "{err}");
+    assert!(
+        err.contains("no url") && err.contains("kind = \"local\""),
+        "{err}"
+    );
     let err = load_text(&format!("{local}url = \"http://x.example.org/\"\n")).unwrap_err();
     assert!(err.contains("a local source has no url"), "{err}");
     let err = load_text(&local.replace("[\"amd64\"]", "[]")).unwrap_err();

@@ -120,7 +120,10 @@ impl AdminClient {
             .post(&url)
             .bearer_auth(&self.token)
             .header("x-aptgate-actor", &self.actor)
-            .header(reqwest::header::CONTENT_TYPE, "application/vnd.debian.binary-package")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/vnd.debian.binary-package",
+            )
             .header(reqwest::header::CONTENT_LENGTH, length)
             .body(body)
             .send()

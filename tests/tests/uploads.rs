@@ -15,9 +15,22 @@ use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-both_backends!(uploads_feed_a_channel_that_follows_two_sources, bad_uploads_change_nothing);
+both_backends!(
+    uploads_feed_a_channel_that_follows_two_sources,
+    bad_uploads_change_nothing
+);
 
 const LOCAL: &str = "inhouse";
+
+/// An upload that must be refused: source, query, body, status, code, message excerpt.
+type Refusal = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+    &'static str,
+);
 
 fn local_source() -> SourceConfig {
     SourceConfig {
@@ -175,8 +188,7 @@ async fn uploads_feed_a_channel_that_follows_two_sources(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["created"], true);
     assert_eq!(
-        body["pool_path"],
-        "pool/main/h/hello/hello_2.0-1_amd64.deb",
+        body["pool_path"], "pool/main/h/hello/hello_2.0-1_amd64.deb",
         "the epoch is not in the file name, as in Debian"
     );
     assert_eq!(body["sha256"], hex(&hello_bytes));
@@ -188,7 +200,12 @@ async fn uploads_feed_a_channel_that_follows_two_sources(backend: Backend) {
     // The same bytes again: accepted, nothing changes.
     let (status, body) = upload_api(&s, &token, LOCAL, "", hello_bytes.clone()).await;
     assert_eq!((status, &body["created"]), (200, &serde_json::json!(false)));
-    let out = cli(&s, &token, &["upload", tool.to_str().unwrap(), "--to", LOCAL]).unwrap();
+    let out = cli(
+        &s,
+        &token,
+        &["upload", tool.to_str().unwrap(), "--to", LOCAL],
+    )
+    .unwrap();
     assert!(out.contains("already uploaded"), "{out}");
     assert_eq!(upload_audits(&s).await, 4);
 
@@ -282,16 +299,58 @@ async fn bad_uploads_change_nothing(backend: Backend) {
     let (_, foreign_arch) = deb(&work, "foreign", "1.0-1", "i386");
     let (_, rebuilt) = deb(&work, "inhouse-tool", "1.0-1", "amd64");
     assert_ne!(rebuilt, good_bytes, "a rebuild has other bytes");
-    let cases: Vec<(&str, &str, Vec<u8>, u16, &str, &str)> = vec![
+    let cases: Vec<Refusal> = vec![
         (LOCAL, "", random, 400, "bad_upload", "not a .deb"),
         (LOCAL, "", Vec::new(), 400, "bad_upload", "empty"),
-        (LOCAL, "", bad_version, 400, "bad_upload", "invalid version \"one\""),
+        (
+            LOCAL,
+            "",
+            bad_version,
+            400,
+            "bad_upload",
+            "invalid version \"one\"",
+        ),
         (LOCAL, "", truncated, 400, "bad_upload", "truncated"),
-        (LOCAL, "", foreign_arch, 400, "bad_upload", "architecture i386"),
-        (LOCAL, "", rebuilt.clone(), 409, "upload_conflict", "different contents"),
-        (LOCAL, "suite=unstable", good_bytes.clone(), 400, "bad_upload", "no suite \"unstable\""),
-        ("fixture", "", good_bytes.clone(), 400, "bad_upload", "upstream mirror"),
-        ("nope", "", good_bytes.clone(), 404, "unknown_source", "nope"),
+        (
+            LOCAL,
+            "",
+            foreign_arch,
+            400,
+            "bad_upload",
+            "architecture i386",
+        ),
+        (
+            LOCAL,
+            "",
+            rebuilt.clone(),
+            409,
+            "upload_conflict",
+            "different contents",
+        ),
+        (
+            LOCAL,
+            "suite=unstable",
+            good_bytes.clone(),
+            400,
+            "bad_upload",
+            "no suite \"unstable\"",
+        ),
+        (
+            "fixture",
+            "",
+            good_bytes.clone(),
+            400,
+            "bad_upload",
+            "upstream mirror",
+        ),
+        (
+            "nope",
+            "",
+            good_bytes.clone(),
+            404,
+            "unknown_source",
+            "nope",
+        ),
     ];
     for (source, query, body, want_status, want_code, want_text) in cases {
         let digest = hex(&body);
@@ -325,10 +384,17 @@ async fn bad_uploads_change_nothing(backend: Backend) {
     )
     .unwrap_err();
     assert!(
-        err.contains("different contents") && err.contains("hint:") && err.contains("upload_conflict"),
+        err.contains("different contents")
+            && err.contains("hint:")
+            && err.contains("upload_conflict"),
         "{err}"
     );
-    let err = cli(&s, &token, &["upload", good.to_str().unwrap(), "--to", "fixture"]).unwrap_err();
+    let err = cli(
+        &s,
+        &token,
+        &["upload", good.to_str().unwrap(), "--to", "fixture"],
+    )
+    .unwrap_err();
     assert!(err.contains("kind = \"local\""), "{err}");
 
     // A channel created at run time may follow several sources too; the local source's
@@ -340,9 +406,16 @@ async fn bad_uploads_change_nothing(backend: Backend) {
     )
     .unwrap();
     assert!(out.contains("created channel mixed"), "{out}");
-    let err = cli(&s, &token, &["channel", "create", "x", "--follows", "inhouse,nope"])
-        .unwrap_err();
-    assert!(err.contains("unknown source") || err.contains("unknown_source"), "{err}");
+    let err = cli(
+        &s,
+        &token,
+        &["channel", "create", "x", "--follows", "inhouse,nope"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("unknown source") || err.contains("unknown_source"),
+        "{err}"
+    );
     let outcome = sync(&s, LOCAL).await;
     assert_eq!(outcome.packages, 1);
     assert_eq!(outcome.followed_by, ["mixed", "testing"]);
