@@ -8,3 +8,4 @@ pub mod serve;
 pub mod snapshots;
 pub mod store;
 pub mod sync;
+pub mod upload;

@@ -93,7 +93,7 @@ pub fn resolve_sources(config: &Config) -> anyhow::Result<Vec<SourceConfig>> {
     }
     for s in &import.sources {
         tracing::info!(
-            source = %s.name, url = %s.url, suites = %s.suites.join(","),
+            source = %s.name, url = %s.url.as_ref().map(|u| u.as_str()).unwrap_or_default(), suites = %s.suites.join(","),
             components = %s.components.join(","),
             "imported host apt source"
         );

@@ -76,6 +76,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::keys::KeyCommand,
     },
+    /// Upload .deb files to a local source; its next sync lists them.
+    Upload(cli::upload::UploadArgs),
     /// Query the audit log (newest first).
     Audit(cli::audit::AuditArgs),
     /// Delete snapshots past retention and blobs nothing references (older than the grace
@@ -186,6 +188,7 @@ async fn admin(
         Command::Channel { command } => return cli::channels::run(&api, command).await,
         Command::Move(command) => cli::channels::run_move(&api, command).await?,
         Command::Key { command } => cli::keys::run(&api, command).await?,
+        Command::Upload(args) => return cli::upload::run(&api, args).await,
         Command::Audit(args) => cli::audit::run(&api, args).await?,
         Command::Gc { dry_run } => cli::store::gc(&api, dry_run).await?,
         Command::Store {

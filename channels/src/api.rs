@@ -10,6 +10,7 @@ pub use endpoints::openapi_document;
 
 mod endpoints;
 mod error;
+mod upload;
 use crate::catalog::{AuditAction, AuditEntry, AuditFilter};
 use crate::{Actor, Channels, ChannelsError, PromoteRequest};
 use axum::extract::Request;

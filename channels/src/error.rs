@@ -17,6 +17,14 @@ pub enum ChannelsError {
     Unpublished(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// An upload that is not a usable `.deb` for its source.
+    #[error("upload refused: {0}")]
+    BadUpload(String),
+    /// An upload of a version the source holds with other contents.
+    #[error("upload refused: {0}")]
+    UploadConflict(String),
+    #[error("upload refused: larger than {0} bytes; nothing was stored")]
+    UploadTooLarge(u64),
     #[error("{what}: {source}")]
     Mirror {
         what: String,
@@ -65,6 +73,9 @@ impl ChannelsError {
             Self::UnknownSource(_) => "unknown_source",
             Self::Unpublished(_) => "unpublished",
             Self::Refused(_) => "refused",
+            Self::BadUpload(_) => "bad_upload",
+            Self::UploadConflict(_) => "upload_conflict",
+            Self::UploadTooLarge(_) => "upload_too_large",
             Self::Mirror {
                 source: MirrorError::StorageFull { .. },
                 ..

@@ -319,6 +319,12 @@ impl Channels {
         for d in &roots.packages {
             live.add(*d, Kind::Packages);
         }
+        // An uploaded file has no upstream to fetch it from again: kept while recorded.
+        for hex in self.catalog.uploaded_digests().await? {
+            if let Ok(d) = Sha256::from_hex(&hex) {
+                live.add(d, Kind::Packages);
+            }
+        }
         Ok((live, roots))
     }
 }

@@ -10,6 +10,7 @@
 //! | `service.rs` | the [`Channels`] state and how it is opened |
 //! | `registry.rs` | channel definitions (configured or created through the API) and their state |
 //! | `sync.rs` | sync: verified upstream indices → packages recorded → snapshot → followers moved |
+//! | `uploads.rs`, `deb.rs` | local sources: `.deb` uploads checked, stored, recorded; the indices their syncs list |
 //! | `snapshots.rs` | snapshot lookup and derived snapshots: filter, merge, pull, publish |
 //! | `derive.rs` | derived manifests: overlays and dependency closure for `--only` and pulls |
 //! | `diff.rs` | what changes between two snapshots |
@@ -33,6 +34,7 @@ pub mod api;
 mod auto_approve;
 mod blobs;
 pub mod catalog;
+mod deb;
 mod derive;
 mod diff;
 mod error;
@@ -56,6 +58,7 @@ pub mod signing;
 pub mod snapshots;
 mod sync;
 pub mod table;
+pub mod uploads;
 pub mod verify;
 
 pub use diff::{Change, Diff, DiffSummary};
@@ -66,3 +69,4 @@ pub use publish::RELEASE_DATE_MARGIN;
 pub use serve::Served;
 pub use service::{now, Actor, Channels};
 pub use sync::SyncOutcome;
+pub use uploads::{UploadOutcome, UploadTarget};

@@ -86,9 +86,14 @@ impl Channels {
                 )));
             }
         }
-        if let Some(source) = &config.follows {
+        for (i, source) in config.follows.iter().enumerate() {
             if !self.sources.iter().any(|s| &s.name == source) {
                 return Err(ChannelsError::UnknownSource(source.to_string()));
+            }
+            if config.follows[..i].contains(source) {
+                return Err(ChannelsError::Refused(format!(
+                    "{name} follows {source} twice"
+                )));
             }
         }
         let rules = serde_json::to_string(&config).expect("channel rules serialize");

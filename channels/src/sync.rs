@@ -60,6 +60,9 @@ impl Channels {
             .find(|s| s.name.as_str() == source_name)
             .ok_or_else(|| ChannelsError::UnknownSource(source_name.to_owned()))?
             .clone();
+        if source.is_local() {
+            return self.sync_local(&source, actor).await;
+        }
         let started = now();
         let last_sync = self.catalog.source_sync(source_name).await?;
         let previous = self.previous_sync(source_name, last_sync.as_ref()).await?;
@@ -139,33 +142,22 @@ impl Channels {
             info!(source = source_name, "upstream unchanged; no new snapshot");
             None
         } else {
-            let snapshot = self
-                .record_snapshot(
+            let summary = format!(
+                "{{\"packages\":{package_count},\"new_packages\":{},\"left_upstream\":{}}}",
+                outcome.new_packages,
+                leavers.len()
+            );
+            Some(
+                self.record_sync_snapshot(
                     &mut tx,
                     source_name,
-                    SnapshotKind::Sync,
-                    format!("sync of {source_name}"),
+                    previous.as_ref(),
                     digest,
-                    vec![source_name.to_owned()],
+                    summary,
+                    actor,
                 )
-                .await?;
-            tx.append_audit(&NewAuditEntry {
-                at: now(),
-                actor: actor.name.clone(),
-                action: AuditAction::Sync,
-                channel: None,
-                from_snapshot: previous.as_ref().map(|s| s.id.clone()),
-                to_snapshot: Some(snapshot.id.clone()),
-                comment: actor.comment.clone(),
-                summary: Some(format!(
-                    "{{\"packages\":{package_count},\"new_packages\":{},\"left_upstream\":{}}}",
-                    outcome.new_packages,
-                    leavers.len()
-                )),
-            })
-            .await?;
-            info!(source = source_name, snapshot = %snapshot.id, packages = package_count, "new snapshot");
-            Some(snapshot)
+                .await?,
+            )
         };
         let current = snapshot.clone().or(previous);
         tx.record_source_sync(
@@ -203,9 +195,127 @@ impl Channels {
         Ok(outcome)
     }
 
-    /// Moves the channels that follow the source to its current sync snapshot — unless they
-    /// have been there already (an admin may have rolled one back on purpose). A sync that
-    /// failed after recording its snapshot thus has its followers moved by the next one.
+    /// Records a sync's new snapshot and its audit entry in `tx`.
+    async fn record_sync_snapshot(
+        &self,
+        tx: &mut CatalogTx,
+        source_name: &str,
+        previous: Option<&Snapshot>,
+        digest: Sha256,
+        summary: String,
+        actor: &Actor,
+    ) -> Result<Snapshot> {
+        let snapshot = self
+            .record_snapshot(
+                tx,
+                source_name,
+                SnapshotKind::Sync,
+                format!("sync of {source_name}"),
+                digest,
+                vec![source_name.to_owned()],
+            )
+            .await?;
+        tx.append_audit(&NewAuditEntry {
+            at: now(),
+            actor: actor.name.clone(),
+            action: AuditAction::Sync,
+            channel: None,
+            from_snapshot: previous.map(|s| s.id.clone()),
+            to_snapshot: Some(snapshot.id.clone()),
+            comment: actor.comment.clone(),
+            summary: Some(summary),
+        })
+        .await?;
+        info!(source = source_name, snapshot = %snapshot.id, "new snapshot");
+        Ok(snapshot)
+    }
+
+    /// A local source's sync: its uploads become indices (see `uploads.rs`), snapshotted and
+    /// followed exactly as an upstream sync's. Its files are in the store since their upload.
+    async fn sync_local(&self, source: &SourceConfig, actor: &Actor) -> Result<SyncOutcome> {
+        let source_name = source.name.as_str();
+        let started = now();
+        let last_sync = self.catalog.source_sync(source_name).await?;
+        let previous = self.previous_sync(source_name, last_sync.as_ref()).await?;
+        let manifest = self.local_manifest(source).await?;
+        let digest = self.put_json(&manifest).await?;
+        let package_count = manifest.package_count();
+        let before: HashSet<String> = match &previous {
+            Some(s) => self.manifest_digests(&self.manifest(s).await?).await?,
+            None => HashSet::new(),
+        };
+        let now_listed = self.manifest_digests(&manifest).await?;
+        let new_packages = now_listed.difference(&before).count() as u64;
+        let unchanged = previous
+            .as_ref()
+            .is_some_and(|s| s.manifest_sha256 == digest.to_hex());
+        let mut tx = self.catalog.begin().await?;
+        let snapshot = if unchanged {
+            info!(
+                source = source_name,
+                "no uploads since the last sync; no new snapshot"
+            );
+            None
+        } else {
+            let summary = serde_json::json!({
+                "packages": package_count,
+                "new_packages": new_packages,
+                "local": true,
+            })
+            .to_string();
+            Some(
+                self.record_sync_snapshot(
+                    &mut tx,
+                    source_name,
+                    previous.as_ref(),
+                    digest,
+                    summary,
+                    actor,
+                )
+                .await?,
+            )
+        };
+        let current = snapshot.clone().or(previous);
+        tx.record_source_sync(
+            source_name,
+            started,
+            current.as_ref().map(|s| s.id.as_str()),
+        )
+        .await?;
+        tx.commit().await?;
+        let mut outcome = SyncOutcome {
+            source: source_name.to_owned(),
+            snapshot: snapshot.map(|s| s.id),
+            packages: package_count,
+            new_packages: if unchanged { 0 } else { new_packages },
+            followed_by: Vec::new(),
+            downloaded: 0,
+            rescued: 0,
+            rescue_failures: 0,
+        };
+        if let Some(current) = current {
+            outcome.followed_by = self
+                .move_followers(source_name, current, manifest, actor)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The package digests a manifest lists.
+    async fn manifest_digests(&self, manifest: &Manifest) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for files in manifest.suites.values().flat_map(|s| s.indices.values()) {
+            let table = self.table(files).await?;
+            out.extend(table.rows().map(|r| r.sha256.to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Moves the channels that follow the source: one that follows only it, to its current
+    /// sync snapshot; one that follows several, to the merge of their current snapshots —
+    /// unless the channel has been there already (an admin may have rolled it back on
+    /// purpose). A sync that failed after recording its snapshot thus has its followers moved
+    /// by the next one.
     async fn move_followers(
         &self,
         source_name: &str,
@@ -214,29 +324,33 @@ impl Channels {
         actor: &Actor,
     ) -> Result<Vec<String>> {
         let mut moved = Vec::new();
-        let followers = self.channel_configs().await.into_iter().filter(|c| {
-            c.follows
-                .as_ref()
-                .is_some_and(|f| f.as_str() == source_name)
-        });
-        for channel in followers.map(|c| c.name.to_string()) {
-            // Newest first: a visit to `current` is among the moves since it was made.
-            let history = self.catalog.channel_history(&channel, 1000).await?;
-            let visited = history
-                .iter()
-                .take_while(|h| h.at >= current.created_at)
-                .any(|h| h.snapshot_id == current.id);
-            if visited {
-                continue;
-            }
+        let followers = self
+            .channel_configs()
+            .await
+            .into_iter()
+            .filter(|c| c.follows.iter().any(|f| f.as_str() == source_name));
+        for config in followers {
+            let channel = config.name.to_string();
+            let sources: Vec<&str> = config.follows.iter().map(|f| f.as_str()).collect();
             let follow = Actor {
                 name: actor.name.clone(),
-                comment: Some(format!("follows {source_name}")),
+                comment: Some(format!("follows {}", sources.join(" + "))),
+            };
+            let (target, target_manifest) = if sources.len() == 1 {
+                if self.visited(&channel, &current).await? {
+                    continue;
+                }
+                (current.clone(), manifest.clone())
+            } else {
+                match self.merged_follow(&channel, &sources, &follow).await? {
+                    Some(found) => found,
+                    None => continue,
+                }
             };
             self.move_channel(
                 &channel,
-                current.clone(),
-                manifest.clone(),
+                target,
+                target_manifest,
                 ChannelAction::Follow,
                 AuditAction::Promote,
                 &follow,
@@ -245,6 +359,63 @@ impl Channels {
             moved.push(channel);
         }
         Ok(moved)
+    }
+
+    /// Whether the channel moved to `snapshot` since it was made.
+    async fn visited(&self, channel: &str, snapshot: &Snapshot) -> Result<bool> {
+        // Newest first: a visit to `snapshot` is among the moves since it was made.
+        let history = self.catalog.channel_history(channel, 1000).await?;
+        Ok(history
+            .iter()
+            .take_while(|h| h.at >= snapshot.created_at)
+            .any(|h| h.snapshot_id == snapshot.id))
+    }
+
+    /// The snapshot a channel following several sources moves to: their current sync
+    /// snapshots merged per suite (highest version wins), or the one snapshot when only one
+    /// of them has synced yet; `None` if none has, or the channel has been at that merge.
+    async fn merged_follow(
+        &self,
+        channel: &str,
+        sources: &[&str],
+        actor: &Actor,
+    ) -> Result<Option<(Snapshot, Manifest)>> {
+        let mut inputs = Vec::new();
+        for source in sources {
+            let last_sync = self.catalog.source_sync(source).await?;
+            if let Some(s) = self.previous_sync(source, last_sync.as_ref()).await? {
+                inputs.push(s);
+            }
+        }
+        let [first, ..] = inputs.as_slice() else {
+            return Ok(None);
+        };
+        if inputs.len() == 1 {
+            if self.visited(channel, first).await? {
+                return Ok(None);
+            }
+            let manifest = self.manifest(first).await?;
+            return Ok(Some((first.clone(), manifest)));
+        }
+        let ids: Vec<String> = inputs.iter().map(|s| s.id.clone()).collect();
+        // The description merge_snapshots gives the merge of exactly these inputs.
+        let description = format!("merge of {}", ids.join(" + "));
+        let newest = inputs
+            .iter()
+            .map(|s| s.created_at)
+            .max()
+            .unwrap_or_default();
+        let history = self.catalog.channel_history(channel, 1000).await?;
+        for h in history.iter().take_while(|h| h.at >= newest) {
+            if let Some(s) = self.catalog.snapshot(&h.snapshot_id).await? {
+                if s.kind == SnapshotKind::Merge && s.description == description {
+                    return Ok(None);
+                }
+            }
+        }
+        let merged = self.merge_snapshots(&ids, None, None, actor).await?;
+        let manifest = self.manifest(&merged).await?;
+        Ok(Some((merged, manifest)))
     }
 
     /// The snapshot the source's last sync created or found unchanged.

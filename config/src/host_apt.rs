@@ -272,10 +272,11 @@ fn check(entry: &Entry) -> Result<(), String> {
 fn merge_entry(sources: &mut Vec<SourceConfig>, entry: Entry) {
     let url_text = format!("{}/", entry.url.trim_end_matches('/'));
     let url = Url::parse(&url_text).expect("checked above");
-    if let Some(existing) = sources
-        .iter_mut()
-        .find(|s| s.url == url && s.keyring == entry.keyring && s.inline_keys == entry.inline_keys)
-    {
+    if let Some(existing) = sources.iter_mut().find(|s| {
+        s.url.as_ref() == Some(&url)
+            && s.keyring == entry.keyring
+            && s.inline_keys == entry.inline_keys
+    }) {
         union(&mut existing.suites, entry.suites);
         union(&mut existing.components, entry.components);
         union(&mut existing.architectures, entry.architectures);
@@ -290,7 +291,8 @@ fn merge_entry(sources: &mut Vec<SourceConfig>, entry: Entry) {
     }
     sources.push(SourceConfig {
         name: name.parse().expect("source_name yields valid names"),
-        url,
+        kind: Default::default(),
+        url: Some(url),
         suites: entry.suites,
         components: entry.components,
         architectures: entry.architectures,
@@ -360,7 +362,10 @@ mod tests {
         assert_eq!(import.sources.len(), 1, "{import:?}");
         let s = &import.sources[0];
         assert_eq!(s.name.as_str(), "deb.example.org-debian");
-        assert_eq!(s.url.as_str(), "http://deb.example.org/debian/");
+        assert_eq!(
+            s.url.as_ref().unwrap().as_str(),
+            "http://deb.example.org/debian/"
+        );
         assert_eq!(s.suites, ["bookworm", "bookworm-updates"]);
         assert_eq!(s.components, ["main", "contrib"]);
         assert_eq!(s.architectures, ["amd64", "arm64"]);

@@ -341,16 +341,27 @@ impl Config {
             if !seen.insert(s.name.as_str()) {
                 return invalid(format!("source name {:?} is used twice", s.name.as_str()));
             }
-            if !matches!(s.url.scheme(), "http" | "https") {
+            if s.is_local() {
+                validate_local(s)?;
+                continue;
+            }
+            let Some(url) = &s.url else {
                 return invalid(format!(
-                    "source {}: url {} must be http:// or https://",
-                    s.name, s.url
+                    "source {}: no url\nhint: an upstream source needs url = \"http://…\" (or \
+                     kind = \"local\" for a repository fed by `aptgate upload`)",
+                    s.name
+                ));
+            };
+            if !matches!(url.scheme(), "http" | "https") {
+                return invalid(format!(
+                    "source {}: url {url} must be http:// or https://",
+                    s.name
                 ));
             }
-            if s.url.query().is_some() || s.url.fragment().is_some() {
+            if url.query().is_some() || url.fragment().is_some() {
                 return invalid(format!(
-                    "source {}: url {} must not have a query or fragment",
-                    s.name, s.url
+                    "source {}: url {url} must not have a query or fragment",
+                    s.name
                 ));
             }
             if s.suites.is_empty() {
@@ -385,7 +396,14 @@ impl Config {
                     return invalid(format!("channel {}: cannot promote from itself", c.name));
                 }
             }
-            if let Some(source) = &c.follows {
+            let mut followed = std::collections::HashSet::new();
+            for source in &c.follows {
+                if !followed.insert(source.as_str()) {
+                    return invalid(format!(
+                        "channel {}: follows names {source:?} twice",
+                        c.name
+                    ));
+                }
                 // Sources imported from the host are not known yet; check configured ones.
                 if !self.sources.is_empty() && !seen.contains(source.as_str()) {
                     return invalid(format!(
@@ -409,4 +427,47 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A local source (`kind = "local"`): fed by uploads, so it has no URL or keys, and names the
+/// suites, components and architectures uploads may go to.
+fn validate_local(s: &crate::SourceConfig) -> Result<(), ConfigError> {
+    let invalid = |message: String| Err(ConfigError::Invalid { message });
+    if s.url.is_some()
+        || !s.keyring.is_empty()
+        || !s.inline_keys.is_empty()
+        || !s.fallback.is_empty()
+    {
+        return invalid(format!(
+            "source {}: a local source has no url, keyring, inline_keys or fallback\nhint: its \
+             packages are uploaded with `aptgate upload FILE.deb --to {}`",
+            s.name, s.name
+        ));
+    }
+    for (what, list, example) in [
+        ("suite", &s.suites, "stable"),
+        ("component", &s.components, "main"),
+        ("architecture", &s.architectures, "amd64"),
+    ] {
+        if list.is_empty() {
+            return invalid(format!(
+                "source {}: a local source lists at least one {what}, e.g. [\"{example}\"]",
+                s.name
+            ));
+        }
+        // They become directory names in the channel's dists/ and pool/.
+        if let Some(bad) = list.iter().find(|v| !crate::names::is_path_word(v)) {
+            return invalid(format!(
+                "source {}: {what} {bad:?} must be lowercase letters, digits, '.', '-' or '_'",
+                s.name
+            ));
+        }
+    }
+    if s.architectures.iter().any(|a| a == "all") {
+        return invalid(format!(
+            "source {}: list real architectures; packages of architecture all go to every one",
+            s.name
+        ));
+    }
+    Ok(())
 }

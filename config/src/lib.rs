@@ -276,10 +276,16 @@ pub struct ChannelConfig {
     /// Suites to publish; empty publishes every suite of the snapshot.
     #[serde(default)]
     pub suites: Vec<String>,
-    /// Follow a source automatically: every sync that creates a snapshot of it moves this
-    /// channel there (the usual `testing`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub follows: Option<SourceName>,
+    /// Follow sources automatically (the usual `testing`): `follows = "debian"` moves the
+    /// channel to every new snapshot a sync of `debian` creates; several sources
+    /// (`follows = ["debian", "inhouse"]`) move it to their latest snapshots merged per suite
+    /// (the highest version of each package and architecture wins) whenever any of them syncs.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub follows: Vec<SourceName>,
     /// The channel promotions into this one come from (`approved` promotes from `testing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotes_from: Option<ChannelName>,
@@ -304,14 +310,46 @@ fn yes() -> bool {
     true
 }
 
-/// One upstream apt repository.
+/// `"debian"` or `["debian", "inhouse"]`: the single-string form stays valid.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SourceName>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(SourceName),
+        Many(Vec<SourceName>),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Raw::One(name)) => vec![name],
+        Some(Raw::Many(names)) => names,
+    })
+}
+
+/// Where a source's packages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// An upstream apt repository: fetched over HTTP, its `InRelease` verified.
+    #[default]
+    Upstream,
+    /// An in-house repository: `.deb` files uploaded to aptgate (`aptgate upload`); no URL
+    /// and no keyring.
+    Local,
+}
+
+/// One source of packages: an upstream apt repository, or a local one fed by uploads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Served at `/mirror/<name>/`.
+    /// An upstream source is served at `/mirror/<name>/`.
     pub name: SourceName,
-    /// The repository's base URL (the directory holding `dists/` and `pool/`).
-    pub url: Url,
+    /// `upstream` (default) or `local`.
+    #[serde(default, skip_serializing_if = "is_upstream")]
+    pub kind: SourceKind,
+    /// The repository's base URL (the directory holding `dists/` and `pool/`); required for
+    /// an upstream source, absent for a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Url>,
     #[serde(default)]
     pub suites: Vec<String>,
     #[serde(default)]
@@ -334,6 +372,16 @@ pub struct SourceConfig {
     /// `https://snapshot.example.org/archive/debian/{last_seen}/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<String>,
+}
+
+fn is_upstream(kind: &SourceKind) -> bool {
+    *kind == SourceKind::Upstream
+}
+
+impl SourceConfig {
+    pub fn is_local(&self) -> bool {
+        self.kind == SourceKind::Local
+    }
 }
 
 /// Durations are written as whole seconds or with a unit: `300`, `"300s"`, `"5m"`, `"2h"`, `"1d"`.

@@ -97,3 +97,9 @@ name_type!(
     ChannelName,
     "channel name"
 );
+
+/// Whether `value` is a name word (`[a-z0-9][a-z0-9._-]{0,63}`): how a local source's suites,
+/// components and architectures must look, as they become paths.
+pub(crate) fn is_path_word(value: &str) -> bool {
+    check_name("word", value).is_ok()
+}

@@ -16,9 +16,11 @@ fn the_shipped_example_parses() {
     })
     .unwrap();
     let c = &loaded.config;
-    assert_eq!(c.sources.len(), 2);
+    assert_eq!(c.sources.len(), 3);
+    assert!(c.sources[2].is_local() && c.sources[2].url.is_none());
+    assert_eq!(c.channels[0].follows.len(), 2);
     assert_eq!(c.sources[0].name.as_str(), "debian");
-    assert_eq!(c.sources[1].url.scheme(), "https");
+    assert_eq!(c.sources[1].url.as_ref().unwrap().scheme(), "https");
     assert_eq!(c.mirror.release_freshness, Duration::from_secs(300));
     assert_eq!(loaded.origins["sources"], Origin::File(example()));
 }
@@ -126,4 +128,45 @@ fn unknown_keys_and_bad_values_are_clear_errors() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("http:// or https://"), "{err}");
+}
+
+#[test]
+fn local_sources_and_channels_following_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    let load_text = |text: &str| {
+        fs_err::write(&file, text).unwrap();
+        load(&LoadOptions {
+            file: Some(file.clone()),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+    };
+    let local = "[[sources]]\nname = \"inhouse\"\nkind = \"local\"\nsuites = [\"stable\"]\n\
+                 components = [\"main\"]\narchitectures = [\"amd64\"]\n";
+    let loaded = load_text(&format!(
+        "{local}[[channels]]\nname = \"one\"\nfollows = \"inhouse\"\n\
+         [[channels]]\nname = \"list\"\nfollows = [\"inhouse\"]\n"
+    ))
+    .unwrap();
+    let c = &loaded.config;
+    assert!(c.sources[0].is_local());
+    assert_eq!(c.channels[0].follows, c.channels[1].follows);
+
+    let err = load_text(&local.replace("kind = \"local\"\n", "")).unwrap_err();
+    assert!(
+        err.contains("no url") && err.contains("kind = \"local\""),
+        "{err}"
+    );
+    let err = load_text(&format!("{local}url = \"http://x.example.org/\"\n")).unwrap_err();
+    assert!(err.contains("a local source has no url"), "{err}");
+    let err = load_text(&local.replace("[\"amd64\"]", "[]")).unwrap_err();
+    assert!(err.contains("at least one architecture"), "{err}");
+    let err = load_text(&local.replace("[\"main\"]", "[\"../x\"]")).unwrap_err();
+    assert!(err.contains("component \"../x\""), "{err}");
+    let err = load_text(&format!(
+        "{local}[[channels]]\nname = \"c\"\nfollows = [\"inhouse\", \"nope\"]\n"
+    ))
+    .unwrap_err();
+    assert!(err.contains("names no configured source"), "{err}");
 }

@@ -48,6 +48,8 @@ pub enum SetupError {
     },
     #[error("source {0} has no keyring: its InRelease could never be verified")]
     NoKeyring(SourceName),
+    #[error("source {0} has no url\nhint: an upstream source needs url = \"http://…\"")]
+    NoUrl(SourceName),
     #[error(transparent)]
     Client(#[from] upstream::ClientError),
     #[error(transparent)]
@@ -62,6 +64,8 @@ pub enum SetupError {
 
 pub(crate) struct Source {
     pub(crate) config: SourceConfig,
+    /// The repository's base URL (`config.url`, which every upstream source has).
+    base: url::Url,
     keyring: Keyring,
     /// One round of reading the configured indices at a time (see `pool.rs`), and how many
     /// rounds have completed, so a request that waited for a round does not start another.
@@ -75,7 +79,7 @@ impl Source {
     pub(crate) fn url(&self, path: &str) -> String {
         format!(
             "{}/{}",
-            self.config.url.as_str().trim_end_matches('/'),
+            self.base.as_str().trim_end_matches('/'),
             encode_for_upstream(path)
         )
     }
@@ -139,7 +143,12 @@ impl Mirror {
         config: &MirrorConfig,
     ) -> Result<Arc<Self>, SetupError> {
         let mut by_name = HashMap::new();
-        for source in sources {
+        // Local sources (fed by uploads) have no upstream to mirror.
+        for source in sources.iter().filter(|s| !s.is_local()) {
+            let base = source
+                .url
+                .clone()
+                .ok_or_else(|| SetupError::NoUrl(source.name.clone()))?;
             let keyring = Keyring::load(&source.keyring, &source.inline_keys).map_err(|error| {
                 SetupError::Keyring {
                     source_name: source.name.clone(),
@@ -153,6 +162,7 @@ impl Mirror {
                 source.name.clone(),
                 Source {
                     config: source.clone(),
+                    base,
                     keyring,
                     index_lock: tokio::sync::Mutex::default(),
                     index_rounds: AtomicU64::default(),

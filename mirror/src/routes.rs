@@ -41,7 +41,7 @@ async fn list_sources(State(mirror): State<Arc<Mirror>>, request: Request) -> St
             s.name,
             s.suites.first().map(String::as_str).unwrap_or("SUITE"),
             s.components.join(" "),
-            s.url
+            s.url.as_ref().map(url::Url::as_str).unwrap_or_default()
         ));
     }
     out

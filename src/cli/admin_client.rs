@@ -105,6 +105,38 @@ impl AdminClient {
         Ok(())
     }
 
+    /// POSTs a file as the raw request body, streamed from disk.
+    pub async fn post_file<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1/{path}", self.base);
+        let opened = fs_err::tokio::File::open(file).await?;
+        let length = opened.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(opened));
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header("x-aptgate-actor", &self.actor)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/vnd.debian.binary-package",
+            )
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the aptgate server at {}", self.base))?;
+        let text = successful(response)
+            .await?
+            .text()
+            .await
+            .context("reading the server's answer")?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call(reqwest::Method::GET, path, None).await
     }

@@ -15,9 +15,10 @@ pub enum ChannelCommand {
     /// Create a channel (the same rules as a [[channels]] entry in the configuration).
     Create {
         name: String,
-        /// Follow a source: every sync that snapshots it moves this channel.
-        #[arg(long)]
-        follows: Option<String>,
+        /// Follow sources (`--follows debian,inhouse`): every sync that snapshots one moves
+        /// this channel (to the merge of their latest snapshots when several).
+        #[arg(long, value_delimiter = ',')]
+        follows: Vec<String>,
         /// The channel promotions come from.
         #[arg(long)]
         promotes_from: Option<String>,
@@ -115,8 +116,10 @@ pub async fn run(api: &AdminClient, command: ChannelCommand) -> anyhow::Result<E
             let mut body = serde_json::json!({
                 "name": name, "suites": suites, "selective": !no_selective,
             });
+            if !follows.is_empty() {
+                body["follows"] = follows.into();
+            }
             for (key, value) in [
-                ("follows", follows),
                 ("promotes_from", promotes_from),
                 ("min_soak", min_soak),
                 ("auto_approve_after", auto_approve_after),

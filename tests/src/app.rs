@@ -26,7 +26,8 @@ pub struct TestApp {
 pub fn fixture_source(upstream: &Upstream, repo: &FixtureRepo) -> SourceConfig {
     SourceConfig {
         name: SOURCE.parse().expect("valid source name"),
-        url: upstream.url().parse().expect("valid upstream URL"),
+        kind: Default::default(),
+        url: Some(upstream.url().parse().expect("valid upstream URL")),
         suites: repo.spec.suites.clone(),
         components: repo.spec.components.clone(),
         architectures: repo.spec.architectures.clone(),

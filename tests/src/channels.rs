@@ -24,7 +24,7 @@ pub fn channel(name: &str) -> ChannelConfig {
     ChannelConfig {
         name: name.parse().unwrap(),
         suites: Vec::new(),
-        follows: None,
+        follows: Vec::new(),
         promotes_from: None,
         min_soak: Duration::ZERO,
         selective: true,
@@ -59,7 +59,7 @@ pub async fn parts(backend: Backend, approved_soak: Duration, spec: FixtureSpec)
     config.sync.interval = Duration::ZERO;
     config.channels = vec![
         ChannelConfig {
-            follows: Some("fixture".parse().unwrap()),
+            follows: vec!["fixture".parse().unwrap()],
             ..channel("testing")
         },
         ChannelConfig {

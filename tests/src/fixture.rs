@@ -566,6 +566,13 @@ fn control_paragraph(spec: &PackageSpec) -> ControlParagraph<'static> {
     paragraph
 }
 
+/// Builds one `.deb` at `path` the way the repository's own are built (uncompressed
+/// `control.tar`, random payload: two builds of one spec differ), and returns its bytes.
+pub fn build_package(path: &Path, spec: &PackageSpec) -> anyhow::Result<Vec<u8>> {
+    build_deb(path, spec)?;
+    Ok(fs_err::read(path)?)
+}
+
 /// Builds the `.deb` at `path` and returns its size and digests.
 fn build_deb(path: &Path, spec: &PackageSpec) -> anyhow::Result<(u64, MultiContentDigest)> {
     let mut payload = vec![0; usize::try_from(spec.payload)?];

@@ -44,6 +44,7 @@ where
 {
     use Method as M;
     vec![
+        endpoint(M::POST, "/api/v1/sources/{source}/uploads", upload::upload, "Upload a .deb (the raw body) to a local source (?suite=&component=, default: the source's first); the source's next sync lists it"),
         endpoint(M::POST, "/api/v1/sync", sync, "Sync one source ({\"source\": name}) or all; returns one outcome per source"),
         endpoint(M::GET, "/api/v1/snapshots", snapshots, "List snapshots, oldest first"),
         endpoint(M::GET, "/api/v1/snapshots/{id}", snapshot, "A snapshot with package counts per suite and index"),
@@ -101,7 +102,7 @@ pub fn openapi_document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, snapshot_deleted, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, upstream, fetch_failed, bad_index, catalog, storage, signing"},
+                "code": {"type": "string", "description": "stable: unauthorized, bad_request, unknown_channel, unknown_snapshot, snapshot_deleted, unknown_source, unknown_key, bad_key, unpublished, refused, conflict, bad_upload, upload_conflict, upload_too_large, upstream, fetch_failed, bad_index, catalog, storage, signing"},
                 "message": {"type": "string"}}}}
         },
         "paths": paths

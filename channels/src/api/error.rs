@@ -30,7 +30,9 @@ impl From<ChannelsError> for ApiError {
             "unknown_channel" | "unknown_snapshot" | "unknown_source" | "unknown_key" => {
                 StatusCode::NOT_FOUND
             }
-            "refused" | "unpublished" | "conflict" => StatusCode::CONFLICT,
+            "refused" | "unpublished" | "conflict" | "upload_conflict" => StatusCode::CONFLICT,
+            "bad_upload" => StatusCode::BAD_REQUEST,
+            "upload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "snapshot_deleted" => StatusCode::GONE,
             "upstream" | "fetch_failed" => StatusCode::BAD_GATEWAY,
             "bad_index" | "bad_key" => StatusCode::UNPROCESSABLE_ENTITY,

@@ -9,8 +9,10 @@
 mod model;
 mod queries;
 mod retention;
+mod uploads;
 
 pub use model::*;
+pub use uploads::{Recorded, Upload};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
