@@ -1,0 +1,263 @@
+//! The fleet end to end: real `aptgate-agent` processes, each managing its own apt/dpkg root
+//! with the real `apt-get` and `dpkg`, against a real server. Hosts enroll with labels, get
+//! their channel from assignment rules, write sources apt accepts and report inventories; an
+//! upstream update shows as pending; an approval for one group's channel lets only that group
+//! upgrade (their dpkg databases change, the others' do not) after commands reach them through
+//! their long-poll waits.
+
+use aptgate_config::ChannelConfig;
+use aptgate_tests::agent_double::agent_command;
+use aptgate_tests::apt::AptRoot;
+use aptgate_tests::both_backends;
+use aptgate_tests::channels::{channel, cli, parts, Setup};
+use aptgate_tests::db::Backend;
+use aptgate_tests::fixture::FixtureSpec;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+both_backends!(agents_get_their_channel_report_and_upgrade_only_where_approved);
+
+/// One simulated machine: an apt/dpkg root and the agent's state directory, with the agent
+/// running as a real process (killed when dropped).
+struct Machine {
+    name: String,
+    root: PathBuf,
+    state: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Machine {
+    fn new(dir: &Path, name: &str) -> Machine {
+        let root = dir.join(name).join("root");
+        AptRoot::new(&root).unwrap();
+        fs_err::write(root.join("etc/machine-id"), format!("{name}-machine-id\n")).unwrap();
+        Machine {
+            name: name.into(),
+            root,
+            state: dir.join(name).join("state"),
+            agent: None,
+        }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = agent_command();
+        cmd.arg("--state-dir")
+            .arg(&self.state)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(self.state.with_file_name("agent.toml"));
+        cmd
+    }
+
+    fn enroll(&self, server: &str, token: &str, label: &str) {
+        let out = self
+            .command()
+            .args(["enroll", "--server", server, "--token", token, "--label", label])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&mut self) {
+        let log = fs_err::File::create(self.state.with_file_name("agent.log")).unwrap();
+        self.agent = Some(
+            self.command()
+                .arg("run")
+                .env("APTGATE_AGENT_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn log(&self) -> String {
+        fs_err::read_to_string(self.state.with_file_name("agent.log")).unwrap_or_default()
+    }
+
+    fn host_id(&self) -> String {
+        let state: Value =
+            serde_json::from_str(&fs_err::read_to_string(self.state.join("state.json")).unwrap())
+                .unwrap();
+        state["host_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The version of `package` in this root's dpkg database, if installed.
+    fn installed(&self, package: &str) -> Option<String> {
+        let out = std::process::Command::new("dpkg-query")
+            .arg(format!("--admindir={}", self.root.join("var/lib/dpkg").display()))
+            .args(["-W", "-f", "${Status}\t${Version}", package])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, version) = text.split_once('\t')?;
+        (status == "install ok installed").then(|| version.to_owned())
+    }
+
+    fn sources(&self) -> String {
+        fs_err::read_to_string(self.root.join("etc/apt/sources.list.d/aptgate.sources"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (up to a minute) until `check` holds; on timeout, fails with what the agents logged.
+async fn until(what: &str, machines: &[Machine], mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = machines
+                .iter()
+                .map(|m| format!("--- {}\n{}", m.name, tail(&m.log(), 30)))
+                .collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn json(s: &Setup, token: &str, args: &[&str]) -> Value {
+    let out = cli(s, token, args).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}: {out}"))
+}
+
+async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend: Backend) {
+    // testing follows the fixture upstream; web and db are one approval step behind it.
+    let mut p = parts(
+        backend,
+        Duration::ZERO,
+        FixtureSpec::default().large_payload(64 << 10),
+    )
+    .await;
+    for name in ["web", "db"] {
+        p.config.channels.push(ChannelConfig {
+            promotes_from: Some("testing".parse().unwrap()),
+            ..channel(name)
+        });
+    }
+    // Agents only hear news early through their waits: the regular check-in is an hour away.
+    p.config.fleet.checkin_interval = Duration::from_secs(3600);
+    p.config.fleet.wait = Duration::from_secs(30);
+    let mut s = Setup::from_parts(p).await;
+    let token = fs_err::read_to_string(s.app.data_dir().join("admin-token")).unwrap();
+    let token = token.trim().to_owned();
+    let token = token.as_str();
+    s.sync().await;
+    for to in ["web", "db"] {
+        cli(&s, token, &["promote", "--from", "testing", "--to", to]).unwrap();
+    }
+
+    cli(&s, token, &["fleet", "rule", "add", "web", "--selector", "role=web", "--channel", "web"])
+        .unwrap();
+    cli(&s, token, &["fleet", "rule", "add", "db", "--selector", "role=db", "--channel", "db"])
+        .unwrap();
+    let enroll_token = cli(&s, token, &["fleet", "token", "create", "--uses", "3"]).unwrap();
+    let enroll_token = enroll_token.trim();
+
+    let dir = s.dir.path().join("machines");
+    let mut machines = vec![
+        Machine::new(&dir, "web1"),
+        Machine::new(&dir, "web2"),
+        Machine::new(&dir, "db1"),
+    ];
+    for m in &mut machines {
+        let role = if m.name.starts_with("web") { "web" } else { "db" };
+        m.enroll(&s.app.url, enroll_token, &format!("role={role}"));
+        m.start();
+    }
+
+    // Each host gets the channel its label selects, in a source apt accepts (checked by the
+    // install below), and reports an inventory.
+    until("every agent to write its source", &machines, || {
+        machines.iter().all(|m| !m.sources().is_empty())
+    })
+    .await;
+    for m in &machines {
+        let channel = if m.name.starts_with("web") { "web" } else { "db" };
+        assert!(
+            m.sources().contains(&format!("/channels/{channel}/")),
+            "{}: {}",
+            m.name,
+            m.sources()
+        );
+    }
+    let hosts = json(&s, token, &["host", "list", "--json"]);
+    assert_eq!(hosts.as_array().unwrap().len(), 3, "{hosts:#}");
+
+    // Install hello everywhere: the command reaches the agents through their waits.
+    cli(&s, token, &["fleet", "command", "--selector", "", "install", "hello"]).unwrap();
+    until("hello installed on every host", &machines, || {
+        machines.iter().all(|m| m.installed("hello").as_deref() == Some("2.10-3"))
+    })
+    .await;
+    until("the inventories to reach the server", &machines, || {
+        machines.iter().all(|m| {
+            let host = json(&s, token, &["host", "show", &m.host_id(), "--json"]);
+            host.to_string().contains("hello")
+                || host["inventory_packages"].as_u64().unwrap_or(0) > 0
+        })
+    })
+    .await;
+
+    // Upstream publishes a new hello; testing follows it, web and db do not (yet).
+    s.repo.bump("hello", "2.10-4").unwrap();
+    s.sync().await;
+    let pending = cli(&s, token, &["fleet", "pending"]).unwrap();
+    assert!(
+        pending.contains("hello") && pending.contains("2.10-3") && pending.contains("2.10-4"),
+        "{pending}"
+    );
+    assert!(pending.contains("3 hosts"), "{pending}");
+
+    // Approve for web only, then ask every host to upgrade.
+    cli(
+        &s,
+        token,
+        &["fleet", "approve", "--channel", "web", "hello=2.10-4", "--comment", "ticket 7"],
+    )
+    .unwrap();
+    cli(&s, token, &["fleet", "command", "--selector", "", "upgrade"]).unwrap();
+    until("web hosts to upgrade hello", &machines, || {
+        machines
+            .iter()
+            .filter(|m| m.name.starts_with("web"))
+            .all(|m| m.installed("hello").as_deref() == Some("2.10-4"))
+    })
+    .await;
+    let db = &machines[2];
+    until("db1's upgrade to finish", &machines, || {
+        let commands = json(&s, token, &["fleet", "commands", "--host", &db.host_id(), "--json"]);
+        commands
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["status"] != "queued" && c["status"] != "sent"))
+    })
+    .await;
+    assert_eq!(db.installed("hello").as_deref(), Some("2.10-3"), "{}", db.log());
+
+    // The queue now holds the db host only; the approval is in the audit log.
+    let pending = cli(&s, token, &["fleet", "pending"]).unwrap();
+    assert!(pending.contains("1 host"), "{pending}");
+    let audit = cli(&s, token, &["audit", "--action", "approve"]).unwrap();
+    assert!(audit.contains("ticket 7"), "{audit}");
+}
