@@ -97,6 +97,13 @@ async fn the_fleet_queue_groups_pending_updates_and_approvals_promote_them(backe
     let queue = admin.ok("GET", "/api/v1/fleet/pending", None).await;
     assert_eq!(lines(&queue, "awaiting").len(), 2, "{queue}");
 
+    // The CLI shows the queue Masif Upgrader's way.
+    let shown = cli(&s, &admin.token, &["fleet", "pending"]).unwrap();
+    let words = shown.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("foo-utils 2 hosts 1.4.2-1 → 1.4.2-2"), "{shown}");
+    assert!(words.contains("hello-data 3 hosts 2.10-3 → 2.10-4"), "{shown}");
+    assert!(!words.contains("contrib-tool"), "declined: {shown}");
+
     // An approval names the version testing has; another is refused, nothing moves.
     let (status, body) = admin
         .call("POST", "/api/v1/fleet/approve", Some(json!({"channel": "approved", "packages": ["foo-utils=9.9-9"]})))
@@ -124,4 +131,26 @@ async fn the_fleet_queue_groups_pending_updates_and_approvals_promote_them(backe
     assert_eq!(admin.audit("decline").await[0]["entry"]["comment"], "breaks the till");
     let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", hosts[2].host_id), None).await;
     assert_eq!(show["pending"]["available"].as_array().unwrap().len(), 2, "{show}");
+
+    // The rest of the CLI, against the same server.
+    let run = |args: &[&str]| cli(&s, &admin.token, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let token = run(&["fleet", "token", "create", "--label", "site=berlin", "--uses", "2", "--expires", "7d"]);
+    assert!(token.trim().starts_with("aptgate-enroll-"), "{token}");
+    assert!(run(&["fleet", "token", "list"]).contains("site=berlin"));
+    run(&["fleet", "rule", "add", "web", "--selector", "role=web", "--channel", "testing", "--priority", "5"]);
+    assert!(run(&["fleet", "rule", "list"]).contains("role=web"));
+    let listed = run(&["host", "list", "--selector", "role=web"]);
+    assert!(listed.contains("web1") && listed.contains("testing") && !listed.contains("db1"), "{listed}");
+    run(&["host", "label", &hosts[2].host_id, "site=hamburg"]);
+    let shown = run(&["host", "show", &hosts[2].host_id]);
+    assert!(shown.contains("site=hamburg (admin)") && shown.contains("role=db (agent)"), "{shown}");
+    assert!(shown.contains("channel:       approved"), "{shown}");
+    run(&["fleet", "command", "--host", &hosts[2].host_id, "upgrade", "hello"]);
+    assert!(run(&["fleet", "commands"]).contains("upgrade"));
+    assert!(run(&["fleet", "poke", "role=db"]).contains("poked 1 host"));
+    run(&["fleet", "rule", "remove", "web"]);
+    run(&["host", "revoke", &hosts[2].host_id, "--comment", "decommissioned"]);
+    assert!(run(&["host", "list"]).contains("revoked"));
+    let err = cli(&s, &admin.token, &["fleet", "approve", "--channel", "approved", "hello=0.1"]).unwrap_err();
+    assert!(err.contains("conflict"), "{err}");
 }
