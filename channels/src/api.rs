@@ -566,4 +566,3 @@ async fn store_usage(State(channels): State<Arc<Channels>>, headers: HeaderMap) 
     authorize(&channels, &headers, None)?;
     to_json(&channels.store_usage().await?)
 }
-

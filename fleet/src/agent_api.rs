@@ -62,9 +62,8 @@ async fn checkin(
     body: Bytes,
 ) -> Result<Json<CheckinResponse>> {
     let host = fleet.authenticate(&method, &uri, &headers, &body).await?;
-    let req: CheckinRequest = serde_json::from_slice(&body).map_err(|e| {
-        FleetError::bad_request("bad_request", format!("invalid check-in: {e}"))
-    })?;
+    let req: CheckinRequest = serde_json::from_slice(&body)
+        .map_err(|e| FleetError::bad_request("bad_request", format!("invalid check-in: {e}")))?;
     let host_header = headers
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok());
@@ -135,7 +134,13 @@ impl Fleet {
             let finished = result.finished_at.clamp(0, now + 86400);
             if !self
                 .store
-                .finish_command(&host.id, result.id, result.exit_code.into(), output, finished)
+                .finish_command(
+                    &host.id,
+                    result.id,
+                    result.exit_code.into(),
+                    output,
+                    finished,
+                )
                 .await?
             {
                 tracing::warn!(host = %host.id, command = result.id, "result for a command that is not this host's open one; ignored");
@@ -164,7 +169,12 @@ impl Fleet {
             .map(|r| (r.key.clone(), r.value.clone()))
             .collect();
         let labels = if agent_labels != req.labels {
-            let mut tx = self.store.pool().begin().await.map_err(crate::error::db("begin"))?;
+            let mut tx = self
+                .store
+                .pool()
+                .begin()
+                .await
+                .map_err(crate::error::db("begin"))?;
             Store::replace_agent_labels(&mut tx, &host.id, &req.labels).await?;
             tx.commit().await.map_err(crate::error::db("commit"))?;
             effective(&self.store.host_labels(&host.id).await?)

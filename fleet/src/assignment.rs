@@ -59,7 +59,9 @@ pub fn check_mirror(url: &str) -> Result<()> {
     } else {
         Err(FleetError::bad_request(
             "bad_mirror",
-            format!("invalid mirror URL {url:?}\nhint: a base URL like http://mirror.example.org:8470"),
+            format!(
+                "invalid mirror URL {url:?}\nhint: a base URL like http://mirror.example.org:8470"
+            ),
         ))
     }
 }
@@ -171,22 +173,22 @@ impl Fleet {
         let Some(rule) = rule else {
             return Ok(with_rev(DesiredSources::default()));
         };
-        let base = match (&rule.mirror, self.config.public_url.as_str(), host_header) {
-            (Some(m), _, _) => m.clone(),
-            (None, url, _) if !url.is_empty() => url.to_owned(),
-            (None, _, Some(h))
-                if !h.is_empty()
-                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
-            {
-                format!("http://{h}")
-            }
-            _ => {
-                return Err(FleetError::bad_request(
+        let base =
+            match (&rule.mirror, self.config.public_url.as_str(), host_header) {
+                (Some(m), _, _) => m.clone(),
+                (None, url, _) if !url.is_empty() => url.to_owned(),
+                (None, _, Some(h))
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
+                {
+                    format!("http://{h}")
+                }
+                _ => return Err(FleetError::bad_request(
                     "no_server_url",
                     "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
-                ))
-            }
-        };
+                )),
+            };
         let uri = format!("{}/channels/{}/", base.trim_end_matches('/'), rule.channel);
         let entries = match self.channels.channel_view(&rule.channel).await? {
             Some(view) => view

@@ -41,7 +41,8 @@ pub fn signed_headers(map: &HeaderMap) -> Result<Signed<'_>> {
         return Err(missing());
     };
     let timestamp: i64 = timestamp.parse().map_err(|_| missing())?;
-    let nonce_ok = (16..=128).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric());
+    let nonce_ok =
+        (16..=128).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric());
     if !nonce_ok || host.len() > 64 {
         return Err(missing());
     }
@@ -75,12 +76,10 @@ impl Fleet {
         let signed = signed_headers(map)?;
         let host = match self.store.host(signed.host).await? {
             Some(h) if !signed.host.is_empty() => h,
-            _ => {
-                return Err(FleetError::forbidden(
-                    "unknown_host",
-                    "no host enrolled under this id\nhint: enroll again with `aptgate-agent enroll`",
-                ))
-            }
+            _ => return Err(FleetError::forbidden(
+                "unknown_host",
+                "no host enrolled under this id\nhint: enroll again with `aptgate-agent enroll`",
+            )),
         };
         self.verify_signature(&host.public_key, signed.host, method, uri, &signed, body)
             .await?;
@@ -122,7 +121,11 @@ impl Fleet {
             ));
         }
         let expires = signed.timestamp + REPLAY_WINDOW_SECS + 1;
-        if !self.store.use_nonce(public_key, signed.nonce, expires).await? {
+        if !self
+            .store
+            .use_nonce(public_key, signed.nonce, expires)
+            .await?
+        {
             self.audit_refused(claimed, path, "replayed nonce").await;
             return Err(FleetError::unauthorized(
                 "replayed",

@@ -29,7 +29,10 @@ impl Fleet {
             FleetError::bad_request("bad_request", format!("invalid enrollment request: {e}"))
         })?;
         let key_ok = req.public_key.len() == 64
-            && req.public_key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            && req
+                .public_key
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !key_ok {
             return Err(FleetError::bad_request(
                 "bad_key",
@@ -64,7 +67,10 @@ impl Fleet {
         if token.expires_at.is_some_and(|at| at <= now) {
             return Err(FleetError::forbidden(
                 "token_expired",
-                format!("enrollment token {} has expired\nhint: create a new one", token.id),
+                format!(
+                    "enrollment token {} has expired\nhint: create a new one",
+                    token.id
+                ),
             ));
         }
 
@@ -90,14 +96,20 @@ impl Fleet {
         if token.uses_left == Some(0) || !Store::use_token(&mut tx, &token.id).await? {
             return Err(FleetError::forbidden(
                 "token_exhausted",
-                format!("enrollment token {} has no uses left\nhint: create a new one", token.id),
+                format!(
+                    "enrollment token {} has no uses left\nhint: create a new one",
+                    token.id
+                ),
             ));
         }
 
         let host_id = format!("h-{}", hex::encode(rand::random::<[u8; 8]>()));
         let clone_of: Vec<&str> = same_key.iter().map(|h| h.id.as_str()).collect();
         let flagged = (!clone_of.is_empty()).then(|| {
-            format!("clone of {}: same key, different machine-id", clone_of.join(", "))
+            format!(
+                "clone of {}: same key, different machine-id",
+                clone_of.join(", ")
+            )
         });
         let status = if token.manual_approval != 0 || flagged.is_some() {
             "pending"

@@ -23,7 +23,12 @@ pub fn parse_upload(gzip: &[u8]) -> Result<InventoryUpload> {
     flate2::read::GzDecoder::new(gzip)
         .take(MAX_INVENTORY_BYTES as u64 + 1)
         .read_to_end(&mut json)
-        .map_err(|e| bad("bad_inventory", format!("the inventory is not valid gzip: {e}")))?;
+        .map_err(|e| {
+            bad(
+                "bad_inventory",
+                format!("the inventory is not valid gzip: {e}"),
+            )
+        })?;
     if json.len() > MAX_INVENTORY_BYTES {
         return Err(bad(
             "inventory_too_large",

@@ -67,6 +67,10 @@ impl Fleet {
                     None => Ok(()),
                 })
                 .map_err(|e| FleetError::Config(format!("[[fleet.rules]] {}: {e}", r.name)))?;
+            channels
+                .channel_rules(r.channel.as_str())
+                .await
+                .map_err(|e| FleetError::Config(format!("[[fleet.rules]] {}: {e}", r.name)))?;
         }
         let fleet = Arc::new(Self {
             store: store::Store::new(catalog.pool().clone()),

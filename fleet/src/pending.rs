@@ -132,7 +132,13 @@ impl Fleet {
     }
 
     async fn installed(&self, digest: &str) -> Result<Option<Arc<Installed>>> {
-        if let Some(i) = self.pending.inventories.lock().expect("lock poisoned").get(digest) {
+        if let Some(i) = self
+            .pending
+            .inventories
+            .lock()
+            .expect("lock poisoned")
+            .get(digest)
+        {
             return Ok(Some(i.clone()));
         }
         let Some((gzip, _)) = self.store.inventory(digest).await? else {
@@ -182,7 +188,13 @@ impl Fleet {
             upstream: cv.upstream.as_ref().map(|(s, _)| s.clone()),
             declines: declined.generation,
         };
-        if let Some(r) = self.pending.results.lock().expect("lock poisoned").get(&key) {
+        if let Some(r) = self
+            .pending
+            .results
+            .lock()
+            .expect("lock poisoned")
+            .get(&key)
+        {
             return Ok(Some(r.clone()));
         }
         let Some(installed) = self.installed(digest).await? else {
@@ -203,8 +215,12 @@ impl Fleet {
                     to: to.clone(),
                 });
             }
-            let Some((_, upstream)) = &cv.upstream else { continue };
-            let Some(to) = upstream.get(&key) else { continue };
+            let Some((_, upstream)) = &cv.upstream else {
+                continue;
+            };
+            let Some(to) = upstream.get(&key) else {
+                continue;
+            };
             let newer_than_channel = in_channel.is_none_or(|c| compare_versions(to, c).is_gt());
             if compare_versions(to, version).is_gt()
                 && newer_than_channel
@@ -228,13 +244,24 @@ impl Fleet {
     }
 
     /// What is pending on one host; `None` when it is unassigned or has no inventory yet.
-    pub async fn host_pending(&self, host: &HostRow, labels: &Labels) -> Result<Option<Arc<HostPending>>> {
-        let Some(digest) = &host.inventory_digest else { return Ok(None) };
+    pub async fn host_pending(
+        &self,
+        host: &HostRow,
+        labels: &Labels,
+    ) -> Result<Option<Arc<HostPending>>> {
+        let Some(digest) = &host.inventory_digest else {
+            return Ok(None);
+        };
         let rules = self.rules().await?;
-        let Some(rule) = pick(&rules, labels) else { return Ok(None) };
-        let Some(cv) = self.channel_versions(&rule.channel).await? else { return Ok(None) };
+        let Some(rule) = pick(&rules, labels) else {
+            return Ok(None);
+        };
+        let Some(cv) = self.channel_versions(&rule.channel).await? else {
+            return Ok(None);
+        };
         let declined = Declined::new(self.store.declines().await?);
-        self.pending_for(digest, &rule.channel, &cv, &declined).await
+        self.pending_for(digest, &rule.channel, &cv, &declined)
+            .await
     }
 
     /// What is pending on each of `hosts` (those assigned a published channel and with an
@@ -248,14 +275,23 @@ impl Fleet {
         let mut by_channel: HashMap<String, Option<ChannelVersions>> = HashMap::new();
         let mut out = HashMap::new();
         for (host, labels) in hosts {
-            let Some(rule) = pick(&rules, labels) else { continue };
-            let Some(digest) = &host.inventory_digest else { continue };
+            let Some(rule) = pick(&rules, labels) else {
+                continue;
+            };
+            let Some(digest) = &host.inventory_digest else {
+                continue;
+            };
             if !by_channel.contains_key(&rule.channel) {
                 let cv = self.channel_versions(&rule.channel).await?;
                 by_channel.insert(rule.channel.clone(), cv);
             }
-            let Some(cv) = &by_channel[&rule.channel] else { continue };
-            if let Some(p) = self.pending_for(digest, &rule.channel, cv, &declined).await? {
+            let Some(cv) = &by_channel[&rule.channel] else {
+                continue;
+            };
+            if let Some(p) = self
+                .pending_for(digest, &rule.channel, cv, &declined)
+                .await?
+            {
                 out.insert(host.id.clone(), (rule.channel.clone(), p));
             }
         }
@@ -287,7 +323,8 @@ impl Fleet {
         type Groups = HashMap<(String, String, String, String), usize>;
         let (mut awaiting, mut available) = (Groups::new(), Groups::new());
         for (channel, p) in pending.values() {
-            for (updates, groups) in [(&p.awaiting, &mut awaiting), (&p.available, &mut available)] {
+            for (updates, groups) in [(&p.awaiting, &mut awaiting), (&p.available, &mut available)]
+            {
                 // A host counts once per (package, from, to), whatever its architectures.
                 let distinct: HashSet<(&str, &str, &str)> = updates
                     .iter()
@@ -295,7 +332,12 @@ impl Fleet {
                     .collect();
                 for (name, from, to) in distinct {
                     *groups
-                        .entry((name.to_owned(), from.to_owned(), to.to_owned(), channel.clone()))
+                        .entry((
+                            name.to_owned(),
+                            from.to_owned(),
+                            to.to_owned(),
+                            channel.clone(),
+                        ))
                         .or_default() += 1;
                 }
             }
@@ -319,9 +361,10 @@ impl Fleet {
                  into a channel that has promotes_from"
             ))
         })?;
-        let (_, newest) = self.newest(from.as_str()).await?.ok_or_else(|| {
-            FleetError::conflict(format!("channel {from} publishes nothing yet"))
-        })?;
+        let (_, newest) = self
+            .newest(from.as_str())
+            .await?
+            .ok_or_else(|| FleetError::conflict(format!("channel {from} publishes nothing yet")))?;
         let versions: BTreeMap<&str, &str> = newest
             .iter()
             .filter(|((n, _), _)| n == name)
@@ -391,7 +434,14 @@ impl Declined {
     }
 
     fn contains(&self, channel: &str, name: &str, arch: &str, version: &str) -> bool {
-        let key = |a: &str| (channel.to_owned(), name.to_owned(), a.to_owned(), version.to_owned());
+        let key = |a: &str| {
+            (
+                channel.to_owned(),
+                name.to_owned(),
+                a.to_owned(),
+                version.to_owned(),
+            )
+        };
         !self.set.is_empty() && (self.set.contains(&key(arch)) || self.set.contains(&key("any")))
     }
 }

@@ -11,8 +11,7 @@ const MAX_LABEL_LEN: usize = 63;
 fn valid_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_LABEL_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
 }
 
@@ -115,8 +114,12 @@ mod tests {
         let host = labels(&[("site", "berlin"), ("role", "web")]);
         assert!(Selector::parse("").unwrap().matches(&host));
         assert!(Selector::parse("site=berlin").unwrap().matches(&host));
-        assert!(Selector::parse("role=web, site=berlin").unwrap().matches(&host));
-        assert!(!Selector::parse("site=berlin,role=db").unwrap().matches(&host));
+        assert!(Selector::parse("role=web, site=berlin")
+            .unwrap()
+            .matches(&host));
+        assert!(!Selector::parse("site=berlin,role=db")
+            .unwrap()
+            .matches(&host));
         assert!(!Selector::parse("dc=1").unwrap().matches(&host));
         assert_eq!(
             Selector::parse("site=berlin,role=web").unwrap().to_string(),

@@ -159,7 +159,9 @@ pub async fn run(api: &AdminClient, command: FleetCommand) -> anyhow::Result<()>
                 return Ok(());
             }
             for c in &commands {
-                let exit = c["exit_code"].as_i64().map_or("-".into(), |e| e.to_string());
+                let exit = c["exit_code"]
+                    .as_i64()
+                    .map_or("-".into(), |e| e.to_string());
                 println!(
                     "#{:<6} {}  {:<18} {:<16} {:<7} exit {:<4} {}",
                     c["id"],
@@ -179,7 +181,10 @@ pub async fn run(api: &AdminClient, command: FleetCommand) -> anyhow::Result<()>
         }
         FleetCommand::Poke { selector, comment } => {
             let answer: Value = api
-                .post("fleet/poke", json!({"selector": selector, "comment": comment}))
+                .post(
+                    "fleet/poke",
+                    json!({"selector": selector, "comment": comment}),
+                )
                 .await?;
             let n = answer["poked"].as_array().map_or(0, Vec::len);
             println!("poked {n} host(s): they check in within seconds");
@@ -271,7 +276,9 @@ async fn token(api: &AdminClient, command: TokenCommand) -> anyhow::Result<()> {
                     "{:<10}  {:<20}  {:>9}  {:<20}  {:<7}  {:<8}  {}",
                     t["id"].as_str().unwrap_or(""),
                     date(t["created_at"].as_i64().unwrap_or(0)),
-                    t["uses_left"].as_i64().map_or("any".into(), |u| u.to_string()),
+                    t["uses_left"]
+                        .as_i64()
+                        .map_or("any".into(), |u| u.to_string()),
                     t["expires_at"].as_i64().map_or("never".into(), date),
                     yes_no(&t["manual_approval"]),
                     yes_no(&t["revoked"]),
@@ -281,7 +288,10 @@ async fn token(api: &AdminClient, command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { id, comment } => {
             let _: Value = api
-                .post(&format!("fleet/tokens/{}/revoke", encode(&id)), json!({"comment": comment}))
+                .post(
+                    &format!("fleet/tokens/{}/revoke", encode(&id)),
+                    json!({"comment": comment}),
+                )
                 .await?;
             println!("revoked token {id}");
         }
@@ -308,7 +318,14 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                            "disable_other_sources": disable_other_sources, "comment": comment}),
                 )
                 .await?;
-            println!("rule {name}: {} → {channel}", if selector.is_empty() { "(every host)" } else { &selector });
+            println!(
+                "rule {name}: {} → {channel}",
+                if selector.is_empty() {
+                    "(every host)"
+                } else {
+                    &selector
+                }
+            );
         }
         RuleCommand::List => {
             let rules: Vec<Value> = api.get("fleet/rules").await?;
@@ -320,7 +337,10 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                 println!(
                     "{:<16}  {:<28}  {:<12}  {:>8}  {:<6}  {}",
                     r["name"].as_str().unwrap_or(""),
-                    r["selector"].as_str().filter(|s| !s.is_empty()).unwrap_or("(every host)"),
+                    r["selector"]
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or("(every host)"),
                     r["channel"].as_str().unwrap_or(""),
                     r["priority"],
                     r["origin"].as_str().unwrap_or(""),
@@ -410,7 +430,12 @@ fn labels_text(labels: &Value) -> String {
 fn packages_text(packages: &Value) -> String {
     packages
         .as_array()
-        .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default()
 }
 

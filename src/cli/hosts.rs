@@ -85,13 +85,19 @@ pub async fn run(api: &AdminClient, command: HostCommand) -> anyhow::Result<()> 
         }
         HostCommand::Revoke { host, comment } => {
             let _: Value = api
-                .post(&format!("fleet/hosts/{}/revoke", encode(&host)), json!({"comment": comment}))
+                .post(
+                    &format!("fleet/hosts/{}/revoke", encode(&host)),
+                    json!({"comment": comment}),
+                )
                 .await?;
             println!("revoked {host}: its next request is refused");
         }
         HostCommand::Accept { host, comment } => {
             let _: Value = api
-                .post(&format!("fleet/hosts/{}/accept", encode(&host)), json!({"comment": comment}))
+                .post(
+                    &format!("fleet/hosts/{}/accept", encode(&host)),
+                    json!({"comment": comment}),
+                )
                 .await?;
             println!("accepted {host}");
         }
@@ -148,7 +154,10 @@ fn print_host(h: &Value) {
     if let Some(m) = h["mirror"].as_str() {
         println!("mirror:        {m}");
     }
-    println!("last seen:     {}", date(h["last_seen"].as_i64().unwrap_or(0)));
+    println!(
+        "last seen:     {}",
+        date(h["last_seen"].as_i64().unwrap_or(0))
+    );
     println!("agent:         {}", s("agent_version"));
     println!("os:            {} (kernel {})", s("os"), s("kernel"));
     println!("apt lists:");

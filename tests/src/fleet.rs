@@ -167,8 +167,12 @@ impl TestAgent {
     }
 
     pub async fn try_checkin(&self, req: &CheckinRequest) -> Answer {
-        self.send("POST", protocol::CHECKIN_PATH, serde_json::to_vec(req).unwrap())
-            .await
+        self.send(
+            "POST",
+            protocol::CHECKIN_PATH,
+            serde_json::to_vec(req).unwrap(),
+        )
+        .await
     }
 
     pub async fn checkin(&self, req: &CheckinRequest) -> CheckinResponse {
@@ -210,8 +214,12 @@ impl TestAgent {
     }
 
     pub async fn wait(&self, rev: i64) -> Answer {
-        self.send("GET", &format!("{}?rev={rev}", protocol::WAIT_PATH), Vec::new())
-            .await
+        self.send(
+            "GET",
+            &format!("{}?rev={rev}", protocol::WAIT_PATH),
+            Vec::new(),
+        )
+        .await
     }
 }
 
@@ -264,10 +272,14 @@ impl Admin {
 
     /// Audit entries of one action, newest first.
     pub async fn audit(&self, action: &str) -> Vec<Value> {
-        self.ok("GET", &format!("/api/v1/audit?action={action}&limit=1000"), None)
-            .await
-            .as_array()
-            .unwrap()
-            .clone()
+        self.ok(
+            "GET",
+            &format!("/api/v1/audit?action={action}&limit=1000"),
+            None,
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
     }
 }

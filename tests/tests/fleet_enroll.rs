@@ -19,7 +19,12 @@ both_backends!(
 );
 
 async fn setup(backend: Backend) -> (Setup, Admin) {
-    let mut p = parts(backend, Duration::ZERO, FixtureSpec::default().large_payload(1024)).await;
+    let mut p = parts(
+        backend,
+        Duration::ZERO,
+        FixtureSpec::default().large_payload(1024),
+    )
+    .await;
     p.config.fleet.wait = Duration::from_secs(20);
     p.config.fleet.checkin_interval = Duration::from_secs(30);
     let s = Setup::from_parts(p).await;
@@ -31,7 +36,11 @@ async fn setup(backend: Backend) -> (Setup, Admin) {
 async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: Backend) {
     let (s, admin) = setup(backend).await;
     admin
-        .ok("POST", "/api/v1/fleet/rules", Some(json!({"name": "berlin", "selector": "site=berlin", "channel": "testing"})))
+        .ok(
+            "POST",
+            "/api/v1/fleet/rules",
+            Some(json!({"name": "berlin", "selector": "site=berlin", "channel": "testing"})),
+        )
         .await;
     admin
         .ok("POST", "/api/v1/fleet/rules", Some(json!({"name": "berlin-db", "selector": "site=berlin,role=db", "channel": "approved", "mirror": "http://cache.example.org:8470/", "disable_other_sources": true})))
@@ -47,11 +56,20 @@ async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: 
     assert_eq!(enrolled.poll.wait_secs, 20);
     let answer = web.checkin(&web.checkin_request(None)).await;
     assert_eq!(answer.sources.channel.as_deref(), Some("testing"));
-    let suites: Vec<&str> = answer.sources.entries.iter().map(|e| e.suites[0].as_str()).collect();
+    let suites: Vec<&str> = answer
+        .sources
+        .entries
+        .iter()
+        .map(|e| e.suites[0].as_str())
+        .collect();
     assert_eq!(suites, ["stable", "testing"]);
     let entry = &answer.sources.entries[0];
     assert_eq!(entry.uris, [format!("{}/channels/testing/", s.app.url)]);
-    assert!(entry.components.contains(&"main".to_owned()), "{:?}", entry.components);
+    assert!(
+        entry.components.contains(&"main".to_owned()),
+        "{:?}",
+        entry.components
+    );
     assert_eq!(entry.architectures, ["amd64"]);
     assert!(!answer.sources.disable_other_sources);
     assert_eq!(answer.sources.keys.len(), 1);
@@ -63,29 +81,53 @@ async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: 
 
     // The admin's label wins over the agent's: web becomes a db host, on approved.
     let (status, _) = admin
-        .call("POST", &format!("/api/v1/fleet/hosts/{}/labels", web.host_id), Some(json!({"set": ["role=db"], "comment": "moved"})))
+        .call(
+            "POST",
+            &format!("/api/v1/fleet/hosts/{}/labels", web.host_id),
+            Some(json!({"set": ["role=db"], "comment": "moved"})),
+        )
         .await;
     assert_eq!(status, 200);
     let answer = web.checkin(&web.checkin_request(None)).await;
     assert_eq!(answer.sources.channel.as_deref(), Some("approved"));
     assert!(answer.sources.disable_other_sources);
-    assert!(answer.sources.entries.is_empty(), "approved publishes nothing yet");
+    assert!(
+        answer.sources.entries.is_empty(),
+        "approved publishes nothing yet"
+    );
     s.promote(&[]).await.unwrap();
     let answer = web.checkin(&web.checkin_request(None)).await;
-    assert_eq!(answer.sources.entries[0].uris, ["http://cache.example.org:8470/channels/approved/"]);
+    assert_eq!(
+        answer.sources.entries[0].uris,
+        ["http://cache.example.org:8470/channels/approved/"]
+    );
     admin
-        .ok("POST", &format!("/api/v1/fleet/hosts/{}/labels", web.host_id), Some(json!({"remove": ["role"]})))
+        .ok(
+            "POST",
+            &format!("/api/v1/fleet/hosts/{}/labels", web.host_id),
+            Some(json!({"remove": ["role"]})),
+        )
         .await;
 
     // Inventory: uploaded once; a second host with the same packages is not asked for it.
-    let packages = vec![package("hello", "amd64", "2.10-3"), package("libfoo1", "amd64", "1.4.2-1")];
+    let packages = vec![
+        package("hello", "amd64", "2.10-3"),
+        package("libfoo1", "amd64", "1.4.2-1"),
+    ];
     let digest = web.upload(packages.clone()).await;
-    let answer = web.checkin(&web.checkin_request(Some(digest.clone()))).await;
+    let answer = web
+        .checkin(&web.checkin_request(Some(digest.clone())))
+        .await;
     assert!(!answer.upload_inventory);
     let mut twin = TestAgent::new(&s.app.url, "web2", labels(&[]));
     twin.enroll(&token).await;
-    let answer = twin.checkin(&twin.checkin_request(Some(digest.clone()))).await;
-    assert!(!answer.upload_inventory, "the server has this inventory already");
+    let answer = twin
+        .checkin(&twin.checkin_request(Some(digest.clone())))
+        .await;
+    assert!(
+        !answer.upload_inventory,
+        "the server has this inventory already"
+    );
     // A host nothing matches is unassigned.
     let paris_token = admin.token(json!({"labels": {"site": "paris"}})).await;
     let mut paris = TestAgent::new(&s.app.url, "paris1", labels(&[]));
@@ -94,10 +136,14 @@ async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: 
     assert_eq!(answer.sources.channel, None);
     assert!(answer.sources.entries.is_empty());
 
-    let list = admin.ok("GET", "/api/v1/fleet/hosts?selector=site=berlin", None).await;
+    let list = admin
+        .ok("GET", "/api/v1/fleet/hosts?selector=site=berlin", None)
+        .await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
-    let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", web.host_id), None).await;
+    let show = admin
+        .ok("GET", &format!("/api/v1/fleet/hosts/{}", web.host_id), None)
+        .await;
     assert_eq!(show["hostname"], "web1");
     assert_eq!(show["channel"], "testing");
     assert_eq!(show["inventory"]["packages"], 2);
@@ -106,10 +152,21 @@ async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: 
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["key"].as_str().unwrap().to_owned(), l["origin"].as_str().unwrap().to_owned()))
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().to_owned(),
+                l["origin"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert!(origins.contains(&("site".into(), "admin".into())), "{origins:?}");
-    assert!(origins.contains(&("role".into(), "agent".into())), "{origins:?}");
+    assert!(
+        origins.contains(&("site".into(), "admin".into())),
+        "{origins:?}"
+    );
+    assert!(
+        origins.contains(&("role".into(), "agent".into())),
+        "{origins:?}"
+    );
     let rules = admin.ok("GET", "/api/v1/fleet/rules", None).await;
     assert_eq!(rules.as_array().unwrap().len(), 2);
     // Changes are audited with the actor and comment.
@@ -134,10 +191,28 @@ async fn clones_manual_approval_and_token_limits(backend: Backend) {
     let cloned = clone.enroll(&token).await;
     assert_ne!(cloned.host_id, first.host_id);
     assert_eq!(cloned.status, HostStatus::Pending);
-    let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", cloned.host_id), None).await;
-    assert!(show["flagged"].as_str().unwrap().contains(&first.host_id), "{show}");
-    let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", first.host_id), None).await;
-    assert!(show["flagged"].as_str().unwrap().contains(&cloned.host_id), "{show}");
+    let show = admin
+        .ok(
+            "GET",
+            &format!("/api/v1/fleet/hosts/{}", cloned.host_id),
+            None,
+        )
+        .await;
+    assert!(
+        show["flagged"].as_str().unwrap().contains(&first.host_id),
+        "{show}"
+    );
+    let show = admin
+        .ok(
+            "GET",
+            &format!("/api/v1/fleet/hosts/{}", first.host_id),
+            None,
+        )
+        .await;
+    assert!(
+        show["flagged"].as_str().unwrap().contains(&cloned.host_id),
+        "{show}"
+    );
     // Two uses taken: the token is exhausted.
     let mut b = TestAgent::new(&s.app.url, "b", labels(&[]));
     let refused = b.try_enroll(&token).await;
@@ -145,10 +220,18 @@ async fn clones_manual_approval_and_token_limits(backend: Backend) {
 
     // A manual-approval token: pending until accepted; pending hosts get no sources.
     admin
-        .ok("POST", "/api/v1/fleet/rules", Some(json!({"name": "all", "selector": "", "channel": "testing"})))
+        .ok(
+            "POST",
+            "/api/v1/fleet/rules",
+            Some(json!({"name": "all", "selector": "", "channel": "testing"})),
+        )
         .await;
     let created = admin
-        .ok("POST", "/api/v1/fleet/tokens", Some(json!({"manual_approval": true})))
+        .ok(
+            "POST",
+            "/api/v1/fleet/tokens",
+            Some(json!({"manual_approval": true})),
+        )
         .await;
     let manual = created["token"].as_str().unwrap().to_owned();
     let mut m = TestAgent::new(&s.app.url, "m", labels(&[]));
@@ -157,7 +240,11 @@ async fn clones_manual_approval_and_token_limits(backend: Backend) {
     assert_eq!(answer.status, HostStatus::Pending);
     assert!(answer.sources.entries.is_empty() && answer.commands.is_empty());
     admin
-        .ok("POST", &format!("/api/v1/fleet/hosts/{}/accept", m.host_id), Some(json!({"comment": "checked"})))
+        .ok(
+            "POST",
+            &format!("/api/v1/fleet/hosts/{}/accept", m.host_id),
+            Some(json!({"comment": "checked"})),
+        )
         .await;
     let answer = m.checkin(&m.checkin_request(None)).await;
     assert_eq!(answer.status, HostStatus::Active);
@@ -166,8 +253,13 @@ async fn clones_manual_approval_and_token_limits(backend: Backend) {
     let listed = admin.ok("GET", "/api/v1/fleet/tokens", None).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let id = created["id"].as_str().unwrap();
-    assert!(listed.to_string().find(&manual).is_none(), "secrets are never listed");
-    admin.ok("POST", &format!("/api/v1/fleet/tokens/{id}/revoke"), None).await;
+    assert!(
+        listed.to_string().find(&manual).is_none(),
+        "secrets are never listed"
+    );
+    admin
+        .ok("POST", &format!("/api/v1/fleet/tokens/{id}/revoke"), None)
+        .await;
     let mut n = TestAgent::new(&s.app.url, "n", labels(&[]));
     let refused = n.try_enroll(&manual).await;
     assert_eq!((refused.status, refused.code()), (403, "token_revoked"));
@@ -212,7 +304,11 @@ async fn commands_and_pokes_reach_waiting_agents(backend: Backend) {
     assert_eq!(command.kind, CommandKind::Install);
     assert_eq!(command.packages, ["hello"]);
     // Sent once only.
-    assert!(a.checkin(&a.checkin_request(None)).await.commands.is_empty());
+    assert!(a
+        .checkin(&a.checkin_request(None))
+        .await
+        .commands
+        .is_empty());
     let mut report = a.checkin_request(None);
     report.results = vec![CommandResult {
         id: command.id,
@@ -222,10 +318,19 @@ async fn commands_and_pokes_reach_waiting_agents(backend: Backend) {
         finished_at: unix_now(),
     }];
     a.checkin(&report).await;
-    let commands = admin.ok("GET", &format!("/api/v1/fleet/commands?host={}", a.host_id), None).await;
+    let commands = admin
+        .ok(
+            "GET",
+            &format!("/api/v1/fleet/commands?host={}", a.host_id),
+            None,
+        )
+        .await;
     assert_eq!(commands[0]["status"], "done");
     assert_eq!(commands[0]["exit_code"], 0);
-    assert!(commands[0]["output"].as_str().unwrap().contains("Setting up hello"));
+    assert!(commands[0]["output"]
+        .as_str()
+        .unwrap()
+        .contains("Setting up hello"));
 
     // A poke ends a wait too; a wait with nothing new returns at wait_secs (20 s here) — only
     // the poke case is timed.
@@ -236,7 +341,11 @@ async fn commands_and_pokes_reach_waiting_agents(backend: Backend) {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             Admin { url, token }
-                .ok("POST", "/api/v1/fleet/poke", Some(json!({"selector": "role=pos"})))
+                .ok(
+                    "POST",
+                    "/api/v1/fleet/poke",
+                    Some(json!({"selector": "role=pos"})),
+                )
                 .await
         })
     };

@@ -22,7 +22,12 @@ both_backends!(
 );
 
 async fn setup(backend: Backend) -> (Setup, Admin) {
-    let mut p = parts(backend, Duration::ZERO, FixtureSpec::default().large_payload(1024)).await;
+    let mut p = parts(
+        backend,
+        Duration::ZERO,
+        FixtureSpec::default().large_payload(1024),
+    )
+    .await;
     p.config.fleet.wait = Duration::from_secs(2);
     let s = Setup::from_parts(p).await;
     let admin = Admin::new(&s.app.url, s.app.data_dir());
@@ -41,15 +46,31 @@ async fn a_host_key_cannot_act_as_another_host(backend: Backend) {
     let a = enrolled(&s, &admin, "a").await;
     let b = enrolled(&s, &admin, "b").await;
     admin
-        .ok("POST", "/api/v1/fleet/commands", Some(json!({"host": b.host_id, "kind": "upgrade"})))
+        .ok(
+            "POST",
+            "/api/v1/fleet/commands",
+            Some(json!({"host": b.host_id, "kind": "upgrade"})),
+        )
         .await;
 
     // A signs with its own key but names B: refused, audited.
     let checkin = serde_json::to_vec(&a.checkin_request(None)).unwrap();
     let forged = a
-        .send_as(&a.key, &b.host_id, "POST", protocol::CHECKIN_PATH, checkin, &[])
+        .send_as(
+            &a.key,
+            &b.host_id,
+            "POST",
+            protocol::CHECKIN_PATH,
+            checkin,
+            &[],
+        )
         .await;
-    assert_eq!((forged.status, forged.code()), (403, "bad_signature"), "{}", forged.body);
+    assert_eq!(
+        (forged.status, forged.code()),
+        (403, "bad_signature"),
+        "{}",
+        forged.body
+    );
     let packages = vec![package("evil", "amd64", "1")];
     let upload = serde_json::to_vec(&InventoryUpload {
         digest: protocol::inventory_digest(&packages),
@@ -57,11 +78,25 @@ async fn a_host_key_cannot_act_as_another_host(backend: Backend) {
     })
     .unwrap();
     let forged = a
-        .send_as(&a.key, &b.host_id, "PUT", protocol::INVENTORY_PATH, gzip(&upload), &[("content-encoding", "gzip")])
+        .send_as(
+            &a.key,
+            &b.host_id,
+            "PUT",
+            protocol::INVENTORY_PATH,
+            gzip(&upload),
+            &[("content-encoding", "gzip")],
+        )
         .await;
     assert_eq!(forged.status, 403);
     let forged = a
-        .send_as(&a.key, &b.host_id, "GET", &format!("{}?rev=0", protocol::WAIT_PATH), Vec::new(), &[])
+        .send_as(
+            &a.key,
+            &b.host_id,
+            "GET",
+            &format!("{}?rev=0", protocol::WAIT_PATH),
+            Vec::new(),
+            &[],
+        )
         .await;
     assert_eq!(forged.status, 403);
     let refused = admin.audit("refused").await;
@@ -70,11 +105,19 @@ async fn a_host_key_cannot_act_as_another_host(backend: Backend) {
 
     // B's inventory is untouched; A's own check-in never carries B's command, and A cannot
     // finish it.
-    let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", b.host_id), None).await;
+    let show = admin
+        .ok("GET", &format!("/api/v1/fleet/hosts/{}", b.host_id), None)
+        .await;
     assert!(show["inventory"].is_null(), "{show}");
     let answer = a.checkin(&a.checkin_request(None)).await;
     assert!(answer.commands.is_empty());
-    let b_command = admin.ok("GET", &format!("/api/v1/fleet/commands?host={}", b.host_id), None).await[0]["id"]
+    let b_command = admin
+        .ok(
+            "GET",
+            &format!("/api/v1/fleet/commands?host={}", b.host_id),
+            None,
+        )
+        .await[0]["id"]
         .as_i64()
         .unwrap();
     let mut report = a.checkin_request(None);
@@ -86,7 +129,13 @@ async fn a_host_key_cannot_act_as_another_host(backend: Backend) {
         finished_at: 0,
     }];
     a.checkin(&report).await;
-    let commands = admin.ok("GET", &format!("/api/v1/fleet/commands?host={}", b.host_id), None).await;
+    let commands = admin
+        .ok(
+            "GET",
+            &format!("/api/v1/fleet/commands?host={}", b.host_id),
+            None,
+        )
+        .await;
     assert_eq!(commands[0]["status"], "queued");
     // B gets its own command.
     assert_eq!(b.checkin(&b.checkin_request(None)).await.commands.len(), 1);
@@ -96,9 +145,13 @@ async fn replayed_stale_and_revoked_requests_are_refused(backend: Backend) {
     let (s, admin) = setup(backend).await;
     let a = enrolled(&s, &admin, "a").await;
     let body = serde_json::to_vec(&a.checkin_request(None)).unwrap();
-    let headers = a
-        .key
-        .sign_request(&a.host_id, "POST", protocol::CHECKIN_PATH, unix_now(), &body);
+    let headers = a.key.sign_request(
+        &a.host_id,
+        "POST",
+        protocol::CHECKIN_PATH,
+        unix_now(),
+        &body,
+    );
     let first = a
         .send_headers("POST", protocol::CHECKIN_PATH, body.clone(), &headers, &[])
         .await;
@@ -113,45 +166,75 @@ async fn replayed_stale_and_revoked_requests_are_refused(backend: Backend) {
         .iter()
         .any(|e| e["entry"]["comment"] == "replayed nonce"));
     // A timestamp outside the window.
-    let stale = a
-        .key
-        .sign_request(&a.host_id, "POST", protocol::CHECKIN_PATH, unix_now() - 3600, &body);
+    let stale = a.key.sign_request(
+        &a.host_id,
+        "POST",
+        protocol::CHECKIN_PATH,
+        unix_now() - 3600,
+        &body,
+    );
     let answer = a
         .send_headers("POST", protocol::CHECKIN_PATH, body.clone(), &stale, &[])
         .await;
     assert_eq!((answer.status, answer.code()), (401, "stale_request"));
     // The path and query are signed: a request moved elsewhere fails.
-    let moved = a
-        .key
-        .sign_request(&a.host_id, "GET", &format!("{}?rev=1", protocol::WAIT_PATH), unix_now(), b"");
+    let moved = a.key.sign_request(
+        &a.host_id,
+        "GET",
+        &format!("{}?rev=1", protocol::WAIT_PATH),
+        unix_now(),
+        b"",
+    );
     let answer = a
-        .send_headers("GET", &format!("{}?rev=0", protocol::WAIT_PATH), Vec::new(), &moved, &[])
+        .send_headers(
+            "GET",
+            &format!("{}?rev=0", protocol::WAIT_PATH),
+            Vec::new(),
+            &moved,
+            &[],
+        )
         .await;
     assert_eq!(answer.status, 403);
 
     // Revoked: its next request is refused.
     admin
-        .ok("POST", &format!("/api/v1/fleet/hosts/{}/revoke", a.host_id), Some(json!({"comment": "stolen"})))
+        .ok(
+            "POST",
+            &format!("/api/v1/fleet/hosts/{}/revoke", a.host_id),
+            Some(json!({"comment": "stolen"})),
+        )
         .await;
     let answer = a.try_checkin(&a.checkin_request(None)).await;
     assert_eq!((answer.status, answer.code()), (403, "revoked"));
     assert_eq!(a.wait(0).await.status, 403);
-    assert!(admin.audit("host").await.iter().any(|e| e["entry"]["comment"] == "stolen"));
+    assert!(admin
+        .audit("host")
+        .await
+        .iter()
+        .any(|e| e["entry"]["comment"] == "stolen"));
 }
 
 async fn exhausted_expired_and_forged_enrollments_are_refused(backend: Backend) {
     let (s, admin) = setup(backend).await;
     let once = admin.token(json!({"uses": 1})).await;
-    TestAgent::new(&s.app.url, "a", labels(&[])).enroll(&once).await;
-    let answer = TestAgent::new(&s.app.url, "b", labels(&[])).try_enroll(&once).await;
+    TestAgent::new(&s.app.url, "a", labels(&[]))
+        .enroll(&once)
+        .await;
+    let answer = TestAgent::new(&s.app.url, "b", labels(&[]))
+        .try_enroll(&once)
+        .await;
     assert_eq!((answer.status, answer.code()), (403, "token_exhausted"));
 
     let brief = admin.token(json!({"expires": "1s"})).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let answer = TestAgent::new(&s.app.url, "c", labels(&[])).try_enroll(&brief).await;
+    let answer = TestAgent::new(&s.app.url, "c", labels(&[]))
+        .try_enroll(&brief)
+        .await;
     assert_eq!((answer.status, answer.code()), (403, "token_expired"));
 
-    let answer = TestAgent::new(&s.app.url, "d", labels(&[])).try_enroll("aptgate-enroll-nope").await;
+    let answer = TestAgent::new(&s.app.url, "d", labels(&[]))
+        .try_enroll("aptgate-enroll-nope")
+        .await;
     assert_eq!((answer.status, answer.code()), (401, "bad_token"));
 
     // Proof of possession: a request signed by another key than the one it enrolls.
@@ -165,7 +248,14 @@ async fn exhausted_expired_and_forged_enrollments_are_refused(backend: Backend) 
     })
     .unwrap();
     let answer = agent
-        .send_as(&HostKey::generate(), "", "POST", protocol::ENROLL_PATH, body, &[])
+        .send_as(
+            &HostKey::generate(),
+            "",
+            "POST",
+            protocol::ENROLL_PATH,
+            body,
+            &[],
+        )
         .await;
     assert_eq!((answer.status, answer.code()), (403, "bad_signature"));
     // Bad labels are refused with a clear code.
@@ -173,7 +263,11 @@ async fn exhausted_expired_and_forged_enrollments_are_refused(backend: Backend) 
     let answer = bad.try_enroll(&good).await;
     assert_eq!((answer.status, answer.code()), (400, "bad_label"));
     let hosts = admin.ok("GET", "/api/v1/fleet/hosts", None).await;
-    assert_eq!(hosts.as_array().unwrap().len(), 1, "only a was enrolled: {hosts}");
+    assert_eq!(
+        hosts.as_array().unwrap().len(),
+        1,
+        "only a was enrolled: {hosts}"
+    );
 }
 
 async fn unauthenticated_agent_and_admin_calls_get_401(backend: Backend) {
@@ -186,7 +280,11 @@ async fn unauthenticated_agent_and_admin_calls_get_401(backend: Backend) {
         ("GET", "/api/v1/agent/wait?rev=0"),
     ] {
         let answer = a.send_headers(method, path, b"{}".to_vec(), &[], &[]).await;
-        assert_eq!((answer.status, answer.code()), (401, "unauthenticated"), "{method} {path}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (401, "unauthenticated"),
+            "{method} {path}"
+        );
     }
     for (method, path) in [
         ("GET", "/api/v1/fleet/hosts"),
@@ -203,7 +301,10 @@ async fn unauthenticated_agent_and_admin_calls_get_401(backend: Backend) {
             .status();
         assert_eq!(status, 401, "{method} {path}");
     }
-    assert!(admin.audit("token").await.len() == 1, "nothing created without the token");
+    assert!(
+        admin.audit("token").await.len() == 1,
+        "nothing created without the token"
+    );
 }
 
 async fn malformed_inventories_get_400_and_change_nothing(backend: Backend) {
@@ -233,16 +334,35 @@ async fn malformed_inventories_get_400_and_change_nothing(backend: Backend) {
     .unwrap();
     for (what, body, code) in [
         ("bad UTF-8", gzip(&bad_utf8), "bad_utf8"),
-        ("wrong types", gzip(wrong_types.to_string().as_bytes()), "bad_inventory"),
-        ("digest mismatch", gzip(mismatch.as_bytes()), "digest_mismatch"),
+        (
+            "wrong types",
+            gzip(wrong_types.to_string().as_bytes()),
+            "bad_inventory",
+        ),
+        (
+            "digest mismatch",
+            gzip(mismatch.as_bytes()),
+            "digest_mismatch",
+        ),
         ("gzip bomb", bomb, "inventory_too_large"),
         ("not gzip", valid.clone().into_bytes(), "bad_inventory"),
-        ("control characters", gzip(control.as_bytes()), "bad_inventory"),
+        (
+            "control characters",
+            gzip(control.as_bytes()),
+            "bad_inventory",
+        ),
     ] {
         let answer = a.put_inventory_bytes(body).await;
-        assert_eq!((answer.status, answer.code()), (400, code), "{what}: {}", answer.body);
+        assert_eq!(
+            (answer.status, answer.code()),
+            (400, code),
+            "{what}: {}",
+            answer.body
+        );
     }
-    let show = admin.ok("GET", &format!("/api/v1/fleet/hosts/{}", a.host_id), None).await;
+    let show = admin
+        .ok("GET", &format!("/api/v1/fleet/hosts/{}", a.host_id), None)
+        .await;
     assert_eq!(show["inventory"]["digest"], good.as_str());
     assert_eq!(show["inventory"]["packages"], 1);
     // And the server still asks for nothing new.

@@ -26,8 +26,7 @@ fn check_package_arg(p: &str) -> Result<(), FleetError> {
     let ok = !p.is_empty()
         && p.len() <= 256
         && !p.starts_with('-')
-        && p
-            .bytes()
+        && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".+-:~_=".contains(&b));
     if ok {
         Ok(())
@@ -48,7 +47,11 @@ async fn targets(
     match (host, selector) {
         (Some(id), None) => {
             check_host_id(id)?;
-            let h = fleet.store.host(id).await?.ok_or_else(|| unknown_host(id))?;
+            let h = fleet
+                .store
+                .host(id)
+                .await?
+                .ok_or_else(|| unknown_host(id))?;
             if h.status != "active" {
                 return Err(FleetError::conflict(format!("host {id} is {}", h.status)));
             }
@@ -78,7 +81,9 @@ pub(super) async fn queue(
     }
     let needs_packages = matches!(body.kind, CommandKind::Install | CommandKind::Remove);
     if needs_packages && body.packages.is_empty() {
-        return Err(FleetError::bad_request("bad_request", "install and remove need packages").into());
+        return Err(
+            FleetError::bad_request("bad_request", "install and remove need packages").into(),
+        );
     }
     let ids = targets(&fleet, body.host.as_deref(), body.selector.as_deref()).await?;
     let kind = serde_json::to_value(body.kind).expect("kind serializes");

@@ -43,7 +43,12 @@ pub(super) async fn list(
         .collect();
     let refs: Vec<(&HostRow, &Labels)> = hosts.iter().map(|(h, l)| (h, l)).collect();
     let pending = fleet.pending_of_hosts(&refs).await?;
-    let open: HashMap<String, i64> = fleet.store.open_command_counts().await?.into_iter().collect();
+    let open: HashMap<String, i64> = fleet
+        .store
+        .open_command_counts()
+        .await?
+        .into_iter()
+        .collect();
     let out: Vec<Value> = hosts
         .iter()
         .map(|(h, l)| {
@@ -97,10 +102,12 @@ pub(super) async fn show(
         .filter(|c| c.status == "queued" || c.status == "sent")
         .collect();
     let mirror = rule.map(|r| {
-        r.mirror.clone().unwrap_or_else(|| match fleet.config.public_url.as_str() {
-            "" => "(this server, as the host reaches it)".to_owned(),
-            url => url.to_owned(),
-        })
+        r.mirror
+            .clone()
+            .unwrap_or_else(|| match fleet.config.public_url.as_str() {
+                "" => "(this server, as the host reaches it)".to_owned(),
+                url => url.to_owned(),
+            })
     });
     Ok(Json(json!({
         "id": h.id,
@@ -141,8 +148,21 @@ async fn set_status(
     }
     let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
     Store::set_status(&mut tx, id, to, now()).await?;
-    let what = if to == "active" { "accepted" } else { "revoked" };
-    audit(&mut tx, &entry(&actor, AuditAction::Host, None, json!({what: id, "was": h.status}))).await?;
+    let what = if to == "active" {
+        "accepted"
+    } else {
+        "revoked"
+    };
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Host,
+            None,
+            json!({what: id, "was": h.status}),
+        ),
+    )
+    .await?;
     tx.commit().await.map_err(db("commit"))?;
     if let Some(rev) = fleet.store.host_rev(id).await? {
         fleet.notify_waits(&[(id.to_owned(), rev)]);
@@ -156,7 +176,14 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
     body: Option<Json<CommentBody>>,
 ) -> ApiResult {
-    set_status(&fleet, &headers, &id, body.and_then(|b| b.0.comment), "revoked").await
+    set_status(
+        &fleet,
+        &headers,
+        &id,
+        body.and_then(|b| b.0.comment),
+        "revoked",
+    )
+    .await
 }
 
 pub(super) async fn accept(
@@ -165,7 +192,14 @@ pub(super) async fn accept(
     Path(id): Path<String>,
     body: Option<Json<CommentBody>>,
 ) -> ApiResult {
-    set_status(&fleet, &headers, &id, body.and_then(|b| b.0.comment), "active").await
+    set_status(
+        &fleet,
+        &headers,
+        &id,
+        body.and_then(|b| b.0.comment),
+        "active",
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]

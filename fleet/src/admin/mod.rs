@@ -57,7 +57,12 @@ fn actor(fleet: &Fleet, headers: &HeaderMap, comment: Option<String>) -> Result<
     authorize(&fleet.channels, headers, comment)
 }
 
-fn entry(actor: &Actor, action: AuditAction, channel: Option<String>, summary: Value) -> NewAuditEntry {
+fn entry(
+    actor: &Actor,
+    action: AuditAction,
+    channel: Option<String>,
+    summary: Value,
+) -> NewAuditEntry {
     NewAuditEntry {
         at: now(),
         actor: actor.name.clone(),
@@ -82,14 +87,18 @@ async fn audit_alone(fleet: &Fleet, e: &NewAuditEntry) -> Result<(), FleetError>
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> ApiResult {
-    Ok(Json(serde_json::to_value(value).expect("API values serialize")))
+    Ok(Json(
+        serde_json::to_value(value).expect("API values serialize"),
+    ))
 }
 
 /// A host id as the API takes it (`h-` and 16 hex digits).
 fn check_host_id(id: &str) -> Result<(), FleetError> {
     let ok = id.len() == 18
         && id.starts_with("h-")
-        && id[2..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        && id[2..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if ok {
         Ok(())
     } else {

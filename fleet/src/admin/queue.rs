@@ -45,7 +45,8 @@ fn parse_versioned(text: &str) -> Result<(String, String, String), FleetError> {
     let valid = |s: &str, extra: &[u8]| {
         !s.is_empty()
             && s.len() <= 256
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
     };
     if !valid(name, b".+-") || !valid(arch, b"-") || !valid(version, b".+-:~") {
         return Err(bad());
@@ -60,13 +61,17 @@ pub(super) async fn approve(
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, body.comment.clone())?;
     if body.packages.is_empty() {
-        return Err(FleetError::bad_request("bad_request", "name at least one name=version").into());
+        return Err(
+            FleetError::bad_request("bad_request", "name at least one name=version").into(),
+        );
     }
     let mut from = String::new();
     let mut names = Vec::new();
     for p in &body.packages {
         let (name, _, version) = parse_versioned(p)?;
-        from = fleet.upstream_version_check(&body.channel, &name, &version).await?;
+        from = fleet
+            .upstream_version_check(&body.channel, &name, &version)
+            .await?;
         names.push(name);
     }
     let outcome = fleet
@@ -81,8 +86,18 @@ pub(super) async fn approve(
         )
         .await
         .map_err(FleetError::from)?;
-    let summary = json!({"approved": body.packages, "from": from, "to_snapshot": outcome.to_snapshot});
-    audit_alone(&fleet, &entry(&actor, AuditAction::Approve, Some(body.channel.clone()), summary)).await?;
+    let summary =
+        json!({"approved": body.packages, "from": from, "to_snapshot": outcome.to_snapshot});
+    audit_alone(
+        &fleet,
+        &entry(
+            &actor,
+            AuditAction::Approve,
+            Some(body.channel.clone()),
+            summary,
+        ),
+    )
+    .await?;
     to_json(&outcome)
 }
 
@@ -92,14 +107,20 @@ pub(super) async fn decline(
     Json(body): Json<VersionsBody>,
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, body.comment.clone())?;
-    fleet.channels.channel_rules(&body.channel).await.map_err(FleetError::from)?;
+    fleet
+        .channels
+        .channel_rules(&body.channel)
+        .await
+        .map_err(FleetError::from)?;
     let parsed = body
         .packages
         .iter()
         .map(|p| parse_versioned(p))
         .collect::<Result<Vec<_>, _>>()?;
     if parsed.is_empty() {
-        return Err(FleetError::bad_request("bad_request", "name at least one name=version").into());
+        return Err(
+            FleetError::bad_request("bad_request", "name at least one name=version").into(),
+        );
     }
     let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
     for (name, architecture, version) in parsed {
@@ -118,7 +139,18 @@ pub(super) async fn decline(
         .await?;
     }
     let summary = json!({"declined": body.packages});
-    audit(&mut tx, &entry(&actor, AuditAction::Decline, Some(body.channel.clone()), summary)).await?;
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Decline,
+            Some(body.channel.clone()),
+            summary,
+        ),
+    )
+    .await?;
     tx.commit().await.map_err(db("commit"))?;
-    Ok(Json(json!({"declined": body.packages, "channel": body.channel})))
+    Ok(Json(
+        json!({"declined": body.packages, "channel": body.channel}),
+    ))
 }

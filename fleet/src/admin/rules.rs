@@ -73,7 +73,11 @@ pub(super) async fn add(
     if let Some(m) = &body.mirror {
         check_mirror(m)?;
     }
-    fleet.channels.channel_rules(&body.channel).await.map_err(FleetError::from)?;
+    fleet
+        .channels
+        .channel_rules(&body.channel)
+        .await
+        .map_err(FleetError::from)?;
     if fleet.config.rules.iter().any(|r| r.name == body.name) {
         return Err(FleetError::conflict(format!(
             "rule {} is configured ([[fleet.rules]]); change it in the configuration",
@@ -98,7 +102,16 @@ pub(super) async fn add(
     let summary = json!({"added": body.name, "selector": row.selector, "channel": body.channel,
         "mirror": body.mirror, "priority": body.priority,
         "disable_other_sources": body.disable_other_sources});
-    audit(&mut tx, &entry(&actor, AuditAction::Rule, Some(body.channel.clone()), summary)).await?;
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Rule,
+            Some(body.channel.clone()),
+            summary,
+        ),
+    )
+    .await?;
     tx.commit().await.map_err(db("commit"))?;
     fleet.reload_rules().await?;
     wake_matching(&fleet, &selector).await?;
@@ -129,7 +142,16 @@ pub(super) async fn remove(
     }
     let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
     Store::delete_rule(&mut tx, &name).await?;
-    audit(&mut tx, &entry(&actor, AuditAction::Rule, Some(rule.channel.clone()), json!({"removed": name}))).await?;
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Rule,
+            Some(rule.channel.clone()),
+            json!({"removed": name}),
+        ),
+    )
+    .await?;
     tx.commit().await.map_err(db("commit"))?;
     fleet.reload_rules().await?;
     wake_matching(&fleet, &rule.selector).await?;

@@ -116,7 +116,11 @@ pub(super) async fn revoke(
         )
         .into());
     }
-    audit(&mut tx, &entry(&actor, AuditAction::Token, None, json!({"revoked": id}))).await?;
+    audit(
+        &mut tx,
+        &entry(&actor, AuditAction::Token, None, json!({"revoked": id})),
+    )
+    .await?;
     tx.commit().await.map_err(db("commit"))?;
     Ok(Json(json!({"revoked": id})))
 }

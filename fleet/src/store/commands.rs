@@ -110,9 +110,8 @@ impl Store {
 
     /// Commands, newest first; of one host if given.
     pub async fn commands(&self, host: Option<&str>, limit: i64) -> Result<Vec<CommandRow>> {
-        let by_host = format!(
-            "SELECT {COLUMNS} FROM commands WHERE host_id = $1 ORDER BY id DESC LIMIT $2"
-        );
+        let by_host =
+            format!("SELECT {COLUMNS} FROM commands WHERE host_id = $1 ORDER BY id DESC LIMIT $2");
         let all = format!("SELECT {COLUMNS} FROM commands ORDER BY id DESC LIMIT $1");
         let rows = match host {
             Some(h) => sqlx::query_as(&by_host).bind(h).bind(limit),

@@ -86,7 +86,10 @@ impl Store {
             .map_err(db("read host"))
     }
 
-    pub async fn hosts_with_key(conn: &mut AnyConnection, public_key: &str) -> Result<Vec<HostRow>> {
+    pub async fn hosts_with_key(
+        conn: &mut AnyConnection,
+        public_key: &str,
+    ) -> Result<Vec<HostRow>> {
         sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM hosts WHERE public_key = $1 ORDER BY enrolled_at, id"
         ))
@@ -104,16 +107,20 @@ impl Store {
     }
 
     /// Sets a host's status and raises its revision; false if there is no such host.
-    pub async fn set_status(conn: &mut AnyConnection, id: &str, status: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE hosts SET status = $2, rev = rev + 1, rev_at = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map_err(db("set host status"))?;
+    pub async fn set_status(
+        conn: &mut AnyConnection,
+        id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE hosts SET status = $2, rev = rev + 1, rev_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(status)
+                .bind(now)
+                .execute(conn)
+                .await
+                .map_err(db("set host status"))?;
         Ok(done.rows_affected() == 1)
     }
 
