@@ -97,8 +97,11 @@ async fn wait(
         .ok_or_else(|| {
             FleetError::bad_request("bad_request", "wait needs ?rev=N (the last rev seen)")
         })?;
+    // A held wait keeps only the host id and a receiver: thousands of them stay small.
+    let (id, rev) = (host.id, host.rev);
+    drop((headers, uri));
     Ok(Json(WaitResponse {
-        rev: fleet.wait_for_rev(&host, known).await?,
+        rev: fleet.wait_for_rev(&id, rev, known).await?,
     }))
 }
 
@@ -227,18 +230,18 @@ impl Fleet {
     }
 
     /// Returns the host's revision once it passes `known`, or after the wait time.
-    pub(crate) async fn wait_for_rev(&self, host: &HostRow, known: i64) -> Result<i64> {
-        if host.rev > known {
-            return Ok(host.rev);
+    pub(crate) async fn wait_for_rev(&self, host: &str, current: i64, known: i64) -> Result<i64> {
+        if current > known {
+            return Ok(current);
         }
-        let mut rx = self.waiters.subscribe(&host.id, host.rev);
+        let mut rx = self.waiters.subscribe(host, current);
         // A rise between the authentication's read and the subscription: read once more.
-        if let Some(rev) = self.store.host_rev(&host.id).await? {
-            self.waiters.notify(&host.id, rev);
+        if let Some(rev) = self.store.host_rev(host).await? {
+            self.waiters.notify(host, rev);
         }
         let _ = tokio::time::timeout(self.config.wait, rx.wait_for(|rev| *rev > known)).await;
         let rev = *rx.borrow();
-        self.waiters.release(&host.id, rx);
+        self.waiters.release(host, rx);
         Ok(rev)
     }
 

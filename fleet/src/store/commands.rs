@@ -56,28 +56,19 @@ impl Store {
         Ok(id)
     }
 
-    /// The host's queued commands, oldest first, marked sent.
+    /// The host's queued commands, oldest first, marked sent (one statement: two server
+    /// instances never both send a command).
     pub async fn take_queued(&self, host: &str, now: i64) -> Result<Vec<CommandRow>> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let rows: Vec<CommandRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM commands WHERE host_id = $1 AND status = 'queued' ORDER BY id"
+        let mut rows: Vec<CommandRow> = sqlx::query_as(&format!(
+            "UPDATE commands SET status = 'sent', sent_at = $2 \
+             WHERE host_id = $1 AND status = 'queued' RETURNING {COLUMNS}"
         ))
         .bind(host)
-        .fetch_all(&mut *tx)
+        .bind(now)
+        .fetch_all(&self.pool)
         .await
-        .map_err(db("read queued commands"))?;
-        if !rows.is_empty() {
-            sqlx::query(
-                "UPDATE commands SET status = 'sent', sent_at = $2 \
-                 WHERE host_id = $1 AND status = 'queued'",
-            )
-            .bind(host)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("mark commands sent"))?;
-        }
-        tx.commit().await.map_err(db("commit"))?;
+        .map_err(db("take queued commands"))?;
+        rows.sort_by_key(|c| c.id);
         Ok(rows)
     }
 
