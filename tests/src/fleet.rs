@@ -2,7 +2,6 @@
 //! with reqwest): signed requests, enrollment, check-ins, inventory uploads; plus the admin
 //! API calls the fleet tests make.
 
-use crate::app::client;
 use aptgate_agent::protocol::{
     self, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, Facts, HostKey,
     InstalledPackage, InventoryUpload, Labels, OsRelease,
@@ -54,6 +53,20 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
+}
+
+/// One client for every simulated agent (building one loads the system's CA roots). It keeps
+/// no idle connections, so tests on different runtimes in one process can share it.
+fn shared_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_gzip()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client")
+    })
 }
 
 pub fn unix_now() -> i64 {
@@ -111,7 +124,8 @@ impl TestAgent {
         headers: &[(&'static str, String)],
         extra: &[(&str, &str)],
     ) -> Answer {
-        let mut request = client().request(method.parse().unwrap(), format!("{}{path}", self.url));
+        let mut request =
+            shared_client().request(method.parse().unwrap(), format!("{}{path}", self.url));
         for (k, v) in headers {
             request = request.header(*k, v);
         }
@@ -242,7 +256,7 @@ impl Admin {
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = client()
+        let mut request = shared_client()
             .request(method.parse().unwrap(), format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .header("x-aptgate-actor", "alice");
