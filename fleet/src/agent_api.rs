@@ -87,7 +87,8 @@ async fn wait(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<WaitResponse>> {
-    let host = fleet.authenticate(&method, &uri, &headers, b"").await?;
+    // Boxed: the database futures are large, and a held wait should not carry their space.
+    let host = Box::pin(fleet.authenticate(&method, &uri, &headers, b"")).await?;
     let known: i64 = uri
         .query()
         .unwrap_or("")
@@ -236,7 +237,7 @@ impl Fleet {
         }
         let mut rx = self.waiters.subscribe(host, current);
         // A rise between the authentication's read and the subscription: read once more.
-        if let Some(rev) = self.store.host_rev(host).await? {
+        if let Some(rev) = Box::pin(self.store.host_rev(host)).await? {
             self.waiters.notify(host, rev);
         }
         let _ = tokio::time::timeout(self.config.wait, rx.wait_for(|rev| *rev > known)).await;

@@ -4,6 +4,7 @@
 //! admin labels, commands and pokes that end a long-poll wait.
 
 use aptgate_agent::protocol::{CommandKind, CommandResult, HostStatus};
+use aptgate_tests::app::TestApp;
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::*;
 use aptgate_tests::db::Backend;
@@ -16,6 +17,7 @@ both_backends!(
     hosts_enroll_get_their_channel_by_labels_and_report_inventory,
     clones_manual_approval_and_token_limits,
     commands_and_pokes_reach_waiting_agents,
+    a_poke_on_one_instance_ends_a_wait_held_by_another,
 );
 
 async fn setup(backend: Backend) -> (Setup, Admin) {
@@ -356,4 +358,38 @@ async fn commands_and_pokes_reach_waiting_agents(backend: Backend) {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(poke.await.unwrap()["poked"].as_array().unwrap().len(), 1);
     assert!(!admin.audit("command").await.is_empty());
+}
+
+async fn a_poke_on_one_instance_ends_a_wait_held_by_another(backend: Backend) {
+    let (s, admin) = setup(backend).await;
+    // A second server instance on the same catalog and store.
+    let other = TestApp::start_config(s.app.config.clone()).await;
+    let token = admin.token(json!({"labels": {"site": "berlin"}})).await;
+    let mut a = TestAgent::new(&other.url, "a", labels(&[]));
+    a.enroll(&token).await;
+    let rev = a.checkin(&a.checkin_request(None)).await.rev;
+    let poke = {
+        let (url, token) = (s.app.url.clone(), admin.token.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Admin { url, token }
+                .ok(
+                    "POST",
+                    "/api/v1/fleet/poke",
+                    Some(json!({"selector": "site=berlin"})),
+                )
+                .await
+        })
+    };
+    // The wait is held by `other`; the poke goes to the first instance.
+    let started = Instant::now();
+    let answer = a.wait(rev).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body["rev"].as_i64().unwrap() > rev);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    poke.await.unwrap();
 }

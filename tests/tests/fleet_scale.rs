@@ -98,3 +98,68 @@ async fn fleet_at_scale() {
         );
     }
 }
+
+/// Resident memory of this process (server and simulated agents together), in KiB.
+fn rss_kib() -> u64 {
+    fs_err::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn many_waiting_agents() {
+    let hosts: usize = std::env::var("FLEET_HOSTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let mut p = parts(
+        Backend::Sqlite,
+        Duration::ZERO,
+        FixtureSpec::default().large_payload(1024),
+    )
+    .await;
+    p.config.fleet.wait = Duration::from_secs(120);
+    let s = Setup::from_parts(p).await;
+    let admin = Admin::new(&s.app.url, s.app.data_dir());
+    let token = admin.token(json!({})).await;
+    let mut agents = Vec::new();
+    for i in 0..hosts {
+        let mut a = TestAgent::new(&s.app.url, &format!("h{i}"), labels(&[("group", "all")]));
+        a.enroll(&token).await;
+        agents.push(a);
+    }
+    let before = rss_kib();
+    let mut waits = Vec::new();
+    for a in agents {
+        // Enrolled hosts are at rev 1: a wait with rev=1 is held.
+        waits.push(tokio::spawn(async move { a.wait(1).await.status }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = s.app.state.fleet.waiting_hosts();
+    let during = rss_kib();
+    eprintln!(
+        "{held} waits held: RSS {} → {} MiB ({} KiB per wait, agents' side included)",
+        before / 1024,
+        during / 1024,
+        (during.saturating_sub(before)) / held.max(1) as u64
+    );
+    let started = Instant::now();
+    admin
+        .ok(
+            "POST",
+            "/api/v1/fleet/poke",
+            Some(json!({"selector": "group=all"})),
+        )
+        .await;
+    for w in waits {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    eprintln!(
+        "all {hosts} waits answered {:?} after the poke",
+        started.elapsed()
+    );
+}
