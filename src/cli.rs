@@ -3,6 +3,8 @@
 pub mod admin_client;
 pub mod audit;
 pub mod channels;
+pub mod fleet;
+pub mod hosts;
 pub mod keys;
 pub mod serve;
 pub mod snapshots;

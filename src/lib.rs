@@ -6,6 +6,7 @@ mod server;
 use anyhow::Context;
 use aptgate_channels::Channels;
 use aptgate_config::{Config, ServerConfig, SourceConfig};
+use aptgate_fleet::Fleet;
 use aptgate_mirror::Mirror;
 use axum::extract::{FromRef, State};
 use axum::routing::get;
@@ -21,6 +22,7 @@ pub mod data_dir_lock;
 pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub channels: Arc<Channels>,
+    pub fleet: Arc<Fleet>,
     /// The connection limits [`serve`] applies.
     pub server: ServerConfig,
 }
@@ -28,6 +30,12 @@ pub struct AppState {
 impl FromRef<AppState> for Arc<Channels> {
     fn from_ref(state: &AppState) -> Self {
         state.channels.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Fleet> {
+    fn from_ref(state: &AppState) -> Self {
+        state.fleet.clone()
     }
 }
 
@@ -46,9 +54,13 @@ impl AppState {
         let channels = Channels::open(config, sources, mirror.clone())
             .await
             .context("cannot open the channels")?;
+        let fleet = Fleet::open(channels.clone(), &config.fleet)
+            .await
+            .context("cannot open the fleet")?;
         Ok(Self {
             mirror,
             channels,
+            fleet,
             server: config.server.clone(),
         })
     }
@@ -58,7 +70,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(aptgate_mirror::routes())
         .merge(aptgate_channels::routes::routes())
-        .merge(aptgate_channels::api::routes(state.channels.clone()))
+        .merge(aptgate_channels::api::routes(
+            state.channels.clone(),
+            aptgate_fleet::admin::endpoints(),
+        ))
+        .merge(aptgate_fleet::agent_api::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)

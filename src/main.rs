@@ -80,6 +80,16 @@ enum Command {
     Upload(cli::upload::UploadArgs),
     /// Query the audit log (newest first).
     Audit(cli::audit::AuditArgs),
+    /// The fleet: enrollment tokens, assignment rules, commands, pokes, the update queue.
+    Fleet {
+        #[command(subcommand)]
+        command: cli::fleet::FleetCommand,
+    },
+    /// Enrolled hosts.
+    Host {
+        #[command(subcommand)]
+        command: cli::hosts::HostCommand,
+    },
     /// Delete snapshots past retention and blobs nothing references (older than the grace
     /// period); prints what it frees.
     Gc {
@@ -190,6 +200,8 @@ async fn admin(
         Command::Key { command } => cli::keys::run(&api, command).await?,
         Command::Upload(args) => return cli::upload::run(&api, args).await,
         Command::Audit(args) => cli::audit::run(&api, args).await?,
+        Command::Fleet { command } => cli::fleet::run(&api, command).await?,
+        Command::Host { command } => cli::hosts::run(&api, command).await?,
         Command::Gc { dry_run } => cli::store::gc(&api, dry_run).await?,
         Command::Store {
             command: cli::store::StoreCommand::Usage { json },

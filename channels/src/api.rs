@@ -6,7 +6,7 @@
 //! `<actor>` in the audit log. Errors are `{"code": "...", "message": "..."}` with a stable code.
 
 pub use crate::admin_token::{load_or_create_token, token_path, TOKEN_FILE};
-pub use endpoints::openapi_document;
+pub use endpoints::{endpoint, openapi_document, openapi_document_with, Endpoint};
 
 mod endpoints;
 mod error;
@@ -27,20 +27,30 @@ use std::sync::Arc;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// The admin routes. Every route in the table (`api/endpoints.rs`) sits behind
-/// [`require_token`], so a new route is guarded before its handler or its body extractor runs;
-/// the OpenAPI document is the one public route.
-pub fn routes<S>(channels: Arc<Channels>) -> Router<S>
+/// The admin routes. Every route in the table (`api/endpoints.rs`), and every one of `extra`
+/// (other crates' admin routes, e.g. the fleet's), sits behind [`require_token`], so a new
+/// route is guarded before its handler or its body extractor runs; the OpenAPI document
+/// (which describes them all) is the one public route.
+pub fn routes<S>(channels: Arc<Channels>, extra: Vec<Endpoint<S>>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<Channels>: FromRef<S>,
 {
+    let described: Vec<_> = extra
+        .iter()
+        .map(|e| (e.method.clone(), e.path, e.summary))
+        .collect();
+    let document = Arc::new(endpoints::openapi_document_with(&described));
     let guarded = endpoints::all::<S>()
         .into_iter()
+        .chain(extra)
         .fold(Router::new(), |router, e| router.route(e.path, e.handler))
         .layer(middleware::from_fn_with_state(channels, require_token));
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { Json(Value::clone(&document)) }),
+        )
         .merge(guarded)
 }
 
@@ -75,8 +85,9 @@ fn check_token(channels: &Channels, headers: &HeaderMap) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Checks the bearer token (again: the layer already did) and returns who acts.
-fn authorize(
+/// Checks the bearer token (again: the layer already did) and returns who acts (the
+/// `X-Aptgate-Actor` header, else `admin`).
+pub fn authorize(
     channels: &Channels,
     headers: &HeaderMap,
     comment: Option<String>,
@@ -555,8 +566,4 @@ async fn gc(
 async fn store_usage(State(channels): State<Arc<Channels>>, headers: HeaderMap) -> ApiResult {
     authorize(&channels, &headers, None)?;
     to_json(&channels.store_usage().await?)
-}
-
-async fn openapi() -> Json<Value> {
-    Json(openapi_document())
 }

@@ -27,6 +27,7 @@
 //! | `keys.rs` | signing key rotation |
 //! | `serve.rs` | what `/channels/…` serves, with its caches |
 //! | `table.rs` | package tables: each index's packages, compact and sorted |
+//! | `fleet_view.rs` | what the fleet reads of channels: suites, newest versions, keys |
 //! | `routes.rs`, `api.rs` | the HTTP routes: apt repositories and the admin JSON API |
 
 mod admin_token;
@@ -38,6 +39,7 @@ mod deb;
 mod derive;
 mod diff;
 mod error;
+pub mod fleet_view;
 pub mod gc;
 mod holds;
 pub mod index;

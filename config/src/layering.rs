@@ -164,17 +164,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     Ok(Loaded { config, origins })
 }
 
-/// `sources.0.name` → `sources`: an array of tables is one value for provenance.
+/// `sources.0.name` → `sources`, `fleet.rules.0.name` → `fleet.rules`: an array of tables
+/// is one value for provenance.
 fn top_level_array(key: &str) -> String {
-    match key.split_once('.') {
-        Some((head, rest))
-            if rest
-                .split('.')
-                .next()
-                .is_some_and(|s| s.parse::<usize>().is_ok()) =>
-        {
-            head.to_owned()
-        }
+    let parts: Vec<&str> = key.split('.').collect();
+    match parts.iter().position(|p| p.parse::<usize>().is_ok()) {
+        Some(i) if i > 0 => parts[..i].join("."),
         _ => key.to_owned(),
     }
 }

@@ -38,6 +38,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Channels published at `/channels/<name>/`.
     pub channels: Vec<ChannelConfig>,
+    /// Hosts running `aptgate-agent`: check-in timing, where they fetch from, assignment rules.
+    pub fleet: FleetConfig,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             sources: Vec::new(),
             channels: Vec::new(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -243,6 +246,53 @@ impl Default for RetentionConfig {
             gc_interval: Duration::from_secs(86400),
         }
     }
+}
+
+/// The fleet: how often agents check in, how long their long-poll wait is held, the base URL
+/// hosts fetch channels from, and assignment rules kept in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Agents check in this often (plus jitter) when nothing wakes them earlier.
+    #[serde(with = "humantime_secs")]
+    pub checkin_interval: Duration,
+    /// How long the server holds an agent's wait (`GET /api/v1/agent/wait`) open.
+    #[serde(with = "humantime_secs")]
+    pub wait: Duration,
+    /// The base URL hosts reach this server at (`https://apt.example.org`), used in the apt
+    /// sources agents write unless a rule names a mirror; empty: the `Host` of the check-in.
+    pub public_url: String,
+    /// Assignment rules: the most specific matching selector wins, then the higher priority.
+    pub rules: Vec<FleetRuleConfig>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            checkin_interval: Duration::from_secs(15 * 60),
+            wait: Duration::from_secs(5 * 60),
+            public_url: String::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// An assignment rule: hosts whose labels match `selector` (`k=v,k2=v2`, all must match; empty
+/// matches every host) use `channel`, fetched from `mirror` (a base URL) if set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRuleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub selector: String,
+    pub channel: ChannelName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    #[serde(default)]
+    pub priority: i64,
+    /// Have agents rename the host's other apt sources out of the way (reversibly).
+    #[serde(default)]
+    pub disable_other_sources: bool,
 }
 
 /// Which packages a channel keeps in the store.

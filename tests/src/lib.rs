@@ -6,6 +6,7 @@ pub mod apt;
 pub mod channels;
 pub mod db;
 pub mod fixture;
+pub mod fleet;
 pub mod process;
 pub mod proxy;
 pub mod signing;

@@ -66,6 +66,10 @@ impl ServerProcess {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `SIGKILL`: no shutdown, no cleanup, like a crash or power loss of the process.
     pub fn kill(mut self) {
         let _ = self.child.kill();

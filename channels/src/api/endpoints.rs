@@ -7,15 +7,16 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{on, MethodFilter, MethodRouter};
 
-/// One admin route: method, path (axum syntax, `{param}`), what it does, its handler.
-pub(super) struct Endpoint<S> {
+/// One admin route: method, path (axum syntax, `{param}`), what it does, its handler. Other
+/// crates (`fleet`) hand theirs to [`super::routes`]: the same guard, the same document.
+pub struct Endpoint<S> {
     pub method: Method,
     pub path: &'static str,
     pub summary: &'static str,
     pub handler: MethodRouter<S>,
 }
 
-fn endpoint<S, H, T>(
+pub fn endpoint<S, H, T>(
     method: Method,
     path: &'static str,
     handler: H,
@@ -77,11 +78,19 @@ where
 
 /// The OpenAPI 3.1 description of the admin API, from the route table.
 pub fn openapi_document() -> Value {
+    openapi_document_with(&[])
+}
+
+/// The OpenAPI document of this crate's routes and `extra` ones: `(method, path, summary)`.
+pub fn openapi_document_with(extra: &[(Method, &'static str, &'static str)]) -> Value {
     let error = json!({"$ref": "#/components/schemas/Error"});
     let mut paths = serde_json::Map::new();
-    for e in all::<Arc<Channels>>() {
+    let own = all::<Arc<Channels>>()
+        .into_iter()
+        .map(|e| (e.method, e.path, e.summary));
+    for (method, path, summary) in own.chain(extra.iter().cloned()) {
         let operation = json!({
-            "summary": e.summary,
+            "summary": summary,
             "security": [{"bearer": []}],
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {}}},
@@ -89,8 +98,8 @@ pub fn openapi_document() -> Value {
                 "default": {"description": "error", "content": {"application/json": {"schema": error}}}
             }
         });
-        let path = paths.entry(e.path).or_insert_with(|| json!({}));
-        path[e.method.as_str().to_ascii_lowercase()] = operation;
+        let path = paths.entry(path).or_insert_with(|| json!({}));
+        path[method.as_str().to_ascii_lowercase()] = operation;
     }
     paths.insert(
         "/api/v1/openapi.json".to_owned(),

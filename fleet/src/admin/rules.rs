@@ -1,0 +1,159 @@
+//! Assignment rules through the API (configured ones are listed too, and cannot be removed
+//! here). A change raises the revision of the hosts the rule's selector matches, so they fetch
+//! their new sources at once.
+
+use super::*;
+use crate::assignment::check_mirror;
+use crate::error::db;
+use crate::selector::Selector;
+use crate::store::{RuleRow, Store};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::json;
+
+pub(super) async fn list(State(fleet): State<Arc<Fleet>>, headers: HeaderMap) -> ApiResult {
+    actor(&fleet, &headers, None)?;
+    to_json(fleet.reload_rules().await?.as_ref())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AddBody {
+    name: String,
+    #[serde(default)]
+    selector: String,
+    channel: String,
+    mirror: Option<String>,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    disable_other_sources: bool,
+    comment: Option<String>,
+}
+
+fn check_rule_name(name: &str) -> Result<(), FleetError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FleetError::bad_request(
+            "bad_request",
+            format!("invalid rule name {name:?}\nhint: 1–64 characters of A-Z a-z 0-9 . _ -"),
+        ))
+    }
+}
+
+/// Raises the revision of the active hosts `selector` matches.
+async fn wake_matching(fleet: &Fleet, selector: &Selector) -> Result<(), FleetError> {
+    let ids: Vec<String> = fleet
+        .select_hosts(selector)
+        .await?
+        .into_iter()
+        .map(|(h, _)| h.id)
+        .collect();
+    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let revs = Fleet::raise_revs(&mut tx, &ids).await?;
+    tx.commit().await.map_err(db("commit"))?;
+    fleet.notify_waits(&revs);
+    Ok(())
+}
+
+pub(super) async fn add(
+    State(fleet): State<Arc<Fleet>>,
+    headers: HeaderMap,
+    Json(body): Json<AddBody>,
+) -> ApiResult {
+    let actor = actor(&fleet, &headers, body.comment.clone())?;
+    check_rule_name(&body.name)?;
+    let selector = Selector::parse(&body.selector)?;
+    if let Some(m) = &body.mirror {
+        check_mirror(m)?;
+    }
+    fleet
+        .channels
+        .channel_rules(&body.channel)
+        .await
+        .map_err(FleetError::from)?;
+    if fleet.config.rules.iter().any(|r| r.name == body.name) {
+        return Err(FleetError::conflict(format!(
+            "rule {} is configured ([[fleet.rules]]); change it in the configuration",
+            body.name
+        ))
+        .into());
+    }
+    let row = RuleRow {
+        name: body.name.clone(),
+        selector: selector.to_string(),
+        channel: body.channel.clone(),
+        mirror: body.mirror.clone(),
+        priority: body.priority,
+        disable_other_sources: i64::from(body.disable_other_sources),
+        created_by: actor.name.clone(),
+        created_at: now(),
+    };
+    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    if !Store::insert_rule(&mut tx, &row).await? {
+        return Err(FleetError::conflict(format!("rule {} exists", body.name)).into());
+    }
+    let summary = json!({"added": body.name, "selector": row.selector, "channel": body.channel,
+        "mirror": body.mirror, "priority": body.priority,
+        "disable_other_sources": body.disable_other_sources});
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Rule,
+            Some(body.channel.clone()),
+            summary,
+        ),
+    )
+    .await?;
+    tx.commit().await.map_err(db("commit"))?;
+    fleet.reload_rules().await?;
+    wake_matching(&fleet, &selector).await?;
+    Ok(Json(json!({"added": body.name})))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RemoveQuery {
+    comment: Option<String>,
+}
+
+pub(super) async fn remove(
+    State(fleet): State<Arc<Fleet>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult {
+    let actor = actor(&fleet, &headers, q.comment)?;
+    let rules = fleet.reload_rules().await?;
+    let Some(rule) = rules.iter().find(|r| r.name == name) else {
+        return Err(FleetError::not_found("unknown_rule", format!("no rule {name:?}")).into());
+    };
+    if rule.origin == "config" {
+        return Err(FleetError::conflict(format!(
+            "rule {name} is configured ([[fleet.rules]]); remove it from the configuration"
+        ))
+        .into());
+    }
+    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    Store::delete_rule(&mut tx, &name).await?;
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Rule,
+            Some(rule.channel.clone()),
+            json!({"removed": name}),
+        ),
+    )
+    .await?;
+    tx.commit().await.map_err(db("commit"))?;
+    fleet.reload_rules().await?;
+    wake_matching(&fleet, &rule.selector).await?;
+    Ok(Json(json!({"removed": name})))
+}
