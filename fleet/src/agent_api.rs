@@ -175,7 +175,6 @@ impl Fleet {
         let labels = if agent_labels != req.labels {
             let mut tx = self
                 .store
-                .pool()
                 .begin()
                 .await
                 .map_err(crate::error::db("begin"))?;

@@ -49,7 +49,7 @@ impl Fleet {
 
         let now = now();
         let secret_sha256 = hex::encode(Sha256::digest(req.token.trim().as_bytes()));
-        let mut tx = self.store.pool().begin().await.map_err(db("begin"))?;
+        let mut tx = self.store.begin().await.map_err(db("begin"))?;
         let token = Store::token_by_secret(&mut tx, &secret_sha256)
             .await?
             .ok_or_else(|| {

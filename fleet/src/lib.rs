@@ -73,7 +73,7 @@ impl Fleet {
                 .map_err(|e| FleetError::Config(format!("[[fleet.rules]] {}: {e}", r.name)))?;
         }
         let fleet = Arc::new(Self {
-            store: store::Store::new(catalog.pool().clone()),
+            store: store::Store::new(catalog.pool().clone(), catalog.backend()),
             channels,
             config: config.clone(),
             waiters: waiters::Waiters::default(),

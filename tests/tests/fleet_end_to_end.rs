@@ -55,7 +55,9 @@ impl Machine {
     fn enroll(&self, server: &str, token: &str, label: &str) {
         let out = self
             .command()
-            .args(["enroll", "--server", server, "--token", token, "--label", label])
+            .args([
+                "enroll", "--server", server, "--token", token, "--label", label,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -67,11 +69,11 @@ impl Machine {
     }
 
     fn start(&mut self) {
-        let log = fs_err::File::create(self.state.with_file_name("agent.log")).unwrap();
+        let log = std::fs::File::create(self.state.with_file_name("agent.log")).unwrap();
         self.agent = Some(
             self.command()
                 .arg("run")
-                .env("APTGATE_AGENT_LOG", "debug")
+                .env("APTGATE_AGENT_LOG", "debug,hyper_util=info,reqwest=info")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -93,7 +95,10 @@ impl Machine {
     /// The version of `package` in this root's dpkg database, if installed.
     fn installed(&self, package: &str) -> Option<String> {
         let out = std::process::Command::new("dpkg-query")
-            .arg(format!("--admindir={}", self.root.join("var/lib/dpkg").display()))
+            .arg(format!(
+                "--admindir={}",
+                self.root.join("var/lib/dpkg").display()
+            ))
             .args(["-W", "-f", "${Status}\t${Version}", package])
             .output()
             .unwrap();
@@ -124,7 +129,23 @@ async fn until(what: &str, machines: &[Machine], mut check: impl FnMut() -> bool
         if Instant::now() > deadline {
             let logs: Vec<String> = machines
                 .iter()
-                .map(|m| format!("--- {}\n{}", m.name, tail(&m.log(), 30)))
+                .map(|m| {
+                    let dpkg = std::process::Command::new("dpkg-query")
+                        .arg(format!(
+                            "--admindir={}",
+                            m.root.join("var/lib/dpkg").display()
+                        ))
+                        .arg("-l")
+                        .output()
+                        .unwrap();
+                    format!(
+                        "--- {}\n{}\n{}{}",
+                        m.name,
+                        tail(&m.log(), 30),
+                        String::from_utf8_lossy(&dpkg.stdout),
+                        String::from_utf8_lossy(&dpkg.stderr)
+                    )
+                })
                 .collect();
             panic!("timed out waiting for {what}\n{}", logs.join("\n"));
         }
@@ -156,6 +177,11 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
             ..channel(name)
         });
     }
+    // One distribution per channel, as a fleet runs it (the fixture also has a `testing` suite
+    // with a newer hello).
+    for c in &mut p.config.channels {
+        c.suites = vec!["stable".into()];
+    }
     // Agents only hear news early through their waits: the regular check-in is an hour away.
     p.config.fleet.checkin_interval = Duration::from_secs(3600);
     p.config.fleet.wait = Duration::from_secs(30);
@@ -168,10 +194,36 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
         cli(&s, token, &["promote", "--from", "testing", "--to", to]).unwrap();
     }
 
-    cli(&s, token, &["fleet", "rule", "add", "web", "--selector", "role=web", "--channel", "web"])
-        .unwrap();
-    cli(&s, token, &["fleet", "rule", "add", "db", "--selector", "role=db", "--channel", "db"])
-        .unwrap();
+    cli(
+        &s,
+        token,
+        &[
+            "fleet",
+            "rule",
+            "add",
+            "web",
+            "--selector",
+            "role=web",
+            "--channel",
+            "web",
+        ],
+    )
+    .unwrap();
+    cli(
+        &s,
+        token,
+        &[
+            "fleet",
+            "rule",
+            "add",
+            "db",
+            "--selector",
+            "role=db",
+            "--channel",
+            "db",
+        ],
+    )
+    .unwrap();
     let enroll_token = cli(&s, token, &["fleet", "token", "create", "--uses", "3"]).unwrap();
     let enroll_token = enroll_token.trim();
 
@@ -182,7 +234,11 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
         Machine::new(&dir, "db1"),
     ];
     for m in &mut machines {
-        let role = if m.name.starts_with("web") { "web" } else { "db" };
+        let role = if m.name.starts_with("web") {
+            "web"
+        } else {
+            "db"
+        };
         m.enroll(&s.app.url, enroll_token, &format!("role={role}"));
         m.start();
     }
@@ -194,7 +250,11 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
     })
     .await;
     for m in &machines {
-        let channel = if m.name.starts_with("web") { "web" } else { "db" };
+        let channel = if m.name.starts_with("web") {
+            "web"
+        } else {
+            "db"
+        };
         assert!(
             m.sources().contains(&format!("/channels/{channel}/")),
             "{}: {}",
@@ -206,38 +266,66 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
     assert_eq!(hosts.as_array().unwrap().len(), 3, "{hosts:#}");
 
     // Install hello everywhere: the command reaches the agents through their waits.
-    cli(&s, token, &["fleet", "command", "--selector", "", "install", "hello"]).unwrap();
+    cli(
+        &s,
+        token,
+        &["fleet", "command", "--selector", "", "install", "hello"],
+    )
+    .unwrap();
     until("hello installed on every host", &machines, || {
-        machines.iter().all(|m| m.installed("hello").as_deref() == Some("2.10-3"))
+        machines
+            .iter()
+            .all(|m| m.installed("hello").as_deref() == Some("2.10-3"))
     })
     .await;
     until("the inventories to reach the server", &machines, || {
         machines.iter().all(|m| {
             let host = json(&s, token, &["host", "show", &m.host_id(), "--json"]);
-            host.to_string().contains("hello")
-                || host["inventory_packages"].as_u64().unwrap_or(0) > 0
+            host["inventory"]["packages"].as_u64() == Some(1)
         })
     })
     .await;
 
     // Upstream publishes a new hello; testing follows it, web and db do not (yet).
-    s.repo.bump("hello", "2.10-4").unwrap();
+    for p in s.repo.spec.packages.iter_mut() {
+        if p.name == "hello" && p.version == "2.10-3" {
+            p.version = "2.10-4".into();
+        }
+    }
+    s.repo.regenerate().unwrap();
     s.sync().await;
     let pending = cli(&s, token, &["fleet", "pending"]).unwrap();
     assert!(
         pending.contains("hello") && pending.contains("2.10-3") && pending.contains("2.10-4"),
         "{pending}"
     );
-    assert!(pending.contains("3 hosts"), "{pending}");
+    assert!(
+        pending.contains("2 hosts  2.10-3 → 2.10-4  (into web)")
+            && pending.contains("1 host   2.10-3 → 2.10-4  (into db)"),
+        "{pending}"
+    );
 
     // Approve for web only, then ask every host to upgrade.
     cli(
         &s,
         token,
-        &["fleet", "approve", "--channel", "web", "hello=2.10-4", "--comment", "ticket 7"],
+        &[
+            "fleet",
+            "approve",
+            "--channel",
+            "web",
+            "hello=2.10-4",
+            "--comment",
+            "ticket 7",
+        ],
     )
     .unwrap();
-    cli(&s, token, &["fleet", "command", "--selector", "", "upgrade"]).unwrap();
+    cli(
+        &s,
+        token,
+        &["fleet", "command", "--selector", "", "upgrade"],
+    )
+    .unwrap();
     until("web hosts to upgrade hello", &machines, || {
         machines
             .iter()
@@ -247,17 +335,30 @@ async fn agents_get_their_channel_report_and_upgrade_only_where_approved(backend
     .await;
     let db = &machines[2];
     until("db1's upgrade to finish", &machines, || {
-        let commands = json(&s, token, &["fleet", "commands", "--host", &db.host_id(), "--json"]);
-        commands
-            .as_array()
-            .is_some_and(|c| c.iter().all(|c| c["status"] != "queued" && c["status"] != "sent"))
+        let commands = json(
+            &s,
+            token,
+            &["fleet", "commands", "--host", &db.host_id(), "--json"],
+        );
+        commands.as_array().is_some_and(|c| {
+            c.iter()
+                .all(|c| c["status"] != "queued" && c["status"] != "sent")
+        })
     })
     .await;
-    assert_eq!(db.installed("hello").as_deref(), Some("2.10-3"), "{}", db.log());
+    assert_eq!(
+        db.installed("hello").as_deref(),
+        Some("2.10-3"),
+        "{}",
+        db.log()
+    );
 
     // The queue now holds the db host only; the approval is in the audit log.
     let pending = cli(&s, token, &["fleet", "pending"]).unwrap();
-    assert!(pending.contains("1 host"), "{pending}");
+    assert!(
+        pending.contains("1 host   2.10-3 → 2.10-4  (into db)") && !pending.contains("(into web)"),
+        "{pending}"
+    );
     let audit = cli(&s, token, &["audit", "--action", "approve"]).unwrap();
     assert!(audit.contains("ticket 7"), "{audit}");
 }

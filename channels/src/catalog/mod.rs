@@ -193,9 +193,15 @@ impl Catalog {
         self.pool.close().await;
     }
 
-    /// Several writes that land together or not at all.
+    /// Several writes that land together or not at all. On SQLite the write lock is taken at
+    /// once (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes after
+    /// another connection wrote fails at once ("database is locked"), whatever the busy timeout.
     pub async fn begin(&self) -> Result<CatalogTx> {
-        let tx = self.pool.begin().await.map_err(query("begin"))?;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(query("begin"))?;
         Ok(CatalogTx(tx))
     }
 

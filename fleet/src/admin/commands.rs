@@ -90,7 +90,7 @@ pub(super) async fn queue(
     let kind = kind.as_str().expect("kind is a string");
     let packages = serde_json::to_string(&body.packages).expect("packages serialize");
     let now = now();
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     let mut commands = Vec::with_capacity(ids.len());
     for id in &ids {
         let command = Store::queue_command(&mut tx, id, kind, &packages, &actor.name, now).await?;
@@ -149,7 +149,7 @@ pub(super) async fn poke(
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, body.comment.clone())?;
     let ids = targets(&fleet, None, Some(&body.selector)).await?;
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     let revs = Fleet::raise_revs(&mut tx, &ids).await?;
     let summary = json!({"poke": body.selector, "hosts": ids.len()});
     audit(&mut tx, &entry(&actor, AuditAction::Command, None, summary)).await?;

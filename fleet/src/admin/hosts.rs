@@ -146,7 +146,7 @@ async fn set_status(
     if to == "active" && h.status != "pending" {
         return Err(FleetError::conflict(format!("host {id} is {}, not pending", h.status)).into());
     }
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     Store::set_status(&mut tx, id, to, now()).await?;
     let what = if to == "active" {
         "accepted"
@@ -231,7 +231,7 @@ pub(super) async fn label(
     if set.is_empty() && body.remove.is_empty() {
         return Err(FleetError::bad_request("bad_request", "nothing to set or remove").into());
     }
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     for (k, v) in &set {
         Store::set_label(&mut tx, &id, LabelOrigin::Admin, k, v).await?;
     }

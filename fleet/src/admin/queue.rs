@@ -122,7 +122,7 @@ pub(super) async fn decline(
             FleetError::bad_request("bad_request", "name at least one name=version").into(),
         );
     }
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     for (name, architecture, version) in parsed {
         Store::insert_decline(
             &mut tx,

@@ -55,7 +55,7 @@ async fn wake_matching(fleet: &Fleet, selector: &Selector) -> Result<(), FleetEr
         .into_iter()
         .map(|(h, _)| h.id)
         .collect();
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     let revs = Fleet::raise_revs(&mut tx, &ids).await?;
     tx.commit().await.map_err(db("commit"))?;
     fleet.notify_waits(&revs);
@@ -95,7 +95,7 @@ pub(super) async fn add(
         created_by: actor.name.clone(),
         created_at: now(),
     };
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     if !Store::insert_rule(&mut tx, &row).await? {
         return Err(FleetError::conflict(format!("rule {} exists", body.name)).into());
     }
@@ -140,7 +140,7 @@ pub(super) async fn remove(
         ))
         .into());
     }
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     Store::delete_rule(&mut tx, &name).await?;
     audit(
         &mut tx,

@@ -46,7 +46,7 @@ pub(super) async fn create(
     let secret = format!("aptgate-enroll-{}", hex::encode(rand::random::<[u8; 24]>()));
     let secret_sha256 = hex::encode(Sha256::digest(secret.as_bytes()));
     let labels = serde_json::to_string(&body.labels).expect("labels serialize");
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     Store::insert_token(
         &mut tx,
         &NewToken {
@@ -108,7 +108,7 @@ pub(super) async fn revoke(
     body: Option<Json<CommentBody>>,
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, body.and_then(|b| b.0.comment))?;
-    let mut tx = fleet.store.pool().begin().await.map_err(db("begin"))?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     if !Store::revoke_token(&mut tx, &id).await? {
         return Err(FleetError::not_found(
             "unknown_token",

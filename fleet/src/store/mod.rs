@@ -30,15 +30,31 @@ pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl Store {
-    pub fn new(pool: AnyPool) -> Self {
-        Self { pool }
+    pub fn new(pool: AnyPool, backend: aptgate_channels::catalog::Backend) -> Self {
+        Self {
+            pool,
+            sqlite: backend == aptgate_channels::catalog::Backend::Sqlite,
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads, then writes after another connection
+    /// wrote, fails at once with "database is locked" whatever the busy timeout — concurrent
+    /// enrollments got a 500 that way.
+    pub async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
     }
 }
 
