@@ -1,6 +1,6 @@
 //! Test support: signed fixture repositories, a request-counting upstream, the test app.
 
-pub mod agent_double;
+pub mod agent;
 pub mod app;
 pub mod apt;
 pub mod channels;

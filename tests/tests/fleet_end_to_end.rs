@@ -6,7 +6,7 @@
 //! their long-poll waits.
 
 use aptgate_config::ChannelConfig;
-use aptgate_tests::agent_double::agent_command;
+use aptgate_tests::agent::agent_command;
 use aptgate_tests::apt::AptRoot;
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::{channel, cli, parts, Setup};

@@ -456,8 +456,18 @@ async fn a_changed_release_file_is_never_answered_304_by_date() {
         .unwrap();
     assert_eq!(r.status(), 304);
     // Immutable URLs keep their date validator.
-    let pool = m.repo.package("hello").pool_path.clone();
-    assert_eq!(m.get(&pool).await.status(), 200);
+    let hello = m.repo.package("hello").clone();
+    assert_eq!(m.get(&hello.pool_path).await.status(), 200);
+    // Stored (the client may have its bytes a moment before the store has them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !m.app.blob_path(&hello.sha256).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool file was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pool = hello.pool_path;
     let r = aptgate_tests::app::client()
         .get(m.app.mirror_url(&pool))
         .header("if-modified-since", &since)
