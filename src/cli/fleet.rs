@@ -415,7 +415,8 @@ fn yes_no(v: &Value) -> &'static str {
     }
 }
 
-fn labels_text(labels: &Value) -> String {
+/// `k=v,k2=v2` from a JSON object of labels.
+pub(super) fn labels_text(labels: &Value) -> String {
     labels
         .as_object()
         .map(|m| {

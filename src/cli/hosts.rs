@@ -1,6 +1,7 @@
 //! Host commands: `host list`, `host show`, `host revoke`, `host accept`, `host label`.
 
 use super::admin_client::{date, encode, AdminClient};
+use super::fleet::labels_text;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -117,18 +118,6 @@ pub async fn run(api: &AdminClient, command: HostCommand) -> anyhow::Result<()> 
         }
     }
     Ok(())
-}
-
-fn labels_text(labels: &Value) -> String {
-    labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
 }
 
 fn print_host(h: &Value) {
