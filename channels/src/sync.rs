@@ -138,35 +138,19 @@ impl Channels {
         let unchanged = previous
             .as_ref()
             .is_some_and(|s| s.manifest_sha256 == digest.to_hex());
-        let snapshot = if unchanged {
+        let summary = if unchanged {
             info!(source = source_name, "upstream unchanged; no new snapshot");
             None
         } else {
-            let summary = format!(
+            Some(format!(
                 "{{\"packages\":{package_count},\"new_packages\":{},\"left_upstream\":{}}}",
                 outcome.new_packages,
                 leavers.len()
-            );
-            Some(
-                self.record_sync_snapshot(
-                    &mut tx,
-                    source_name,
-                    previous.as_ref(),
-                    digest,
-                    summary,
-                    actor,
-                )
-                .await?,
-            )
+            ))
         };
-        let current = snapshot.clone().or(previous);
-        tx.record_source_sync(
-            source_name,
-            started,
-            current.as_ref().map(|s| s.id.as_str()),
-        )
-        .await?;
-        tx.commit().await?;
+        let (snapshot, current) = self
+            .finish_sync(tx, source_name, started, previous, digest, summary, actor)
+            .await?;
         outcome.snapshot = snapshot.map(|s| s.id);
 
         // Packages leaving upstream while referenced are stored now, while upstream's pool
@@ -196,6 +180,44 @@ impl Channels {
     }
 
     /// Records a sync's new snapshot and its audit entry in `tx`.
+    /// Records the sync — and a new snapshot when `summary` is given (the manifest changed) —
+    /// and commits. Returns the new snapshot, if any, and the source's current one.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_sync(
+        &self,
+        mut tx: CatalogTx,
+        source_name: &str,
+        started: i64,
+        previous: Option<Snapshot>,
+        digest: Sha256,
+        summary: Option<String>,
+        actor: &Actor,
+    ) -> Result<(Option<Snapshot>, Option<Snapshot>)> {
+        let snapshot = match summary {
+            Some(summary) => Some(
+                self.record_sync_snapshot(
+                    &mut tx,
+                    source_name,
+                    previous.as_ref(),
+                    digest,
+                    summary,
+                    actor,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let current = snapshot.clone().or(previous);
+        tx.record_source_sync(
+            source_name,
+            started,
+            current.as_ref().map(|s| s.id.as_str()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((snapshot, current))
+    }
+
     async fn record_sync_snapshot(
         &self,
         tx: &mut CatalogTx,
@@ -249,8 +271,8 @@ impl Channels {
         let unchanged = previous
             .as_ref()
             .is_some_and(|s| s.manifest_sha256 == digest.to_hex());
-        let mut tx = self.catalog.begin().await?;
-        let snapshot = if unchanged {
+        let tx = self.catalog.begin().await?;
+        let summary = if unchanged {
             info!(
                 source = source_name,
                 "no uploads since the last sync; no new snapshot"
@@ -263,26 +285,11 @@ impl Channels {
                 "local": true,
             })
             .to_string();
-            Some(
-                self.record_sync_snapshot(
-                    &mut tx,
-                    source_name,
-                    previous.as_ref(),
-                    digest,
-                    summary,
-                    actor,
-                )
-                .await?,
-            )
+            Some(summary)
         };
-        let current = snapshot.clone().or(previous);
-        tx.record_source_sync(
-            source_name,
-            started,
-            current.as_ref().map(|s| s.id.as_str()),
-        )
-        .await?;
-        tx.commit().await?;
+        let (snapshot, current) = self
+            .finish_sync(tx, source_name, started, previous, digest, summary, actor)
+            .await?;
         let mut outcome = SyncOutcome {
             source: source_name.to_owned(),
             snapshot: snapshot.map(|s| s.id),
