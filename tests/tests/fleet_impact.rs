@@ -338,5 +338,4 @@ async fn a_dry_run_tells_what_a_move_would_upgrade_on_which_hosts(backend: Backe
         .call("POST", "/api/v1/fleet/impact", Some(json!({"promote": {"from": "testing", "to": "approved", "only": ["no-such-package"]}})))
         .await;
     assert_eq!(status, 409, "{body}");
-    assert_eq!(unmoved(&admin).await.0, before.0, "approved never moved");
 }
