@@ -225,13 +225,10 @@ async fn diff(
     print_diff(&diff);
     for p in &planned {
         println!();
+        let d = p.plan.diff.summary();
         println!(
-            "if {} moved to {b}: {} changes in the channel",
-            p.plan.channel,
-            p.plan.diff.summary().added
-                + p.plan.diff.summary().removed
-                + p.plan.diff.summary().upgraded
-                + p.plan.diff.summary().downgraded
+            "if {} moved to {b}: {} added, {} removed, {} upgraded, {} downgraded in the channel",
+            p.plan.channel, d.added, d.removed, d.upgraded, d.downgraded
         );
         print_plan_notes(&p.plan);
         print_impact(&p.impact);
