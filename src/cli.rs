@@ -5,6 +5,7 @@ pub mod audit;
 pub mod channels;
 pub mod fleet;
 pub mod hosts;
+pub mod impact;
 pub mod keys;
 pub mod serve;
 pub mod snapshots;

@@ -15,6 +15,7 @@
 //! | `derive.rs` | derived manifests: overlays and dependency closure for `--only` and pulls |
 //! | `diff.rs` | what changes between two snapshots |
 //! | `promote.rs` | promotion (whole with holds, or selected packages) |
+//! | `plan.rs` | what a move would do (diff, newest versions), computed without moving |
 //! | `auto_approve.rs` | promotion of versions first seen long enough ago |
 //! | `moves.rs` | the one place a channel moves (the audited transaction), rollback |
 //! | `resign.rs` | re-signing current and past publications before `Valid-Until`, after key changes |
@@ -47,6 +48,7 @@ mod keys;
 pub mod manifest;
 pub mod metrics;
 mod moves;
+mod plan;
 mod promote;
 mod publish;
 mod registry;
@@ -66,6 +68,7 @@ pub mod verify;
 pub use diff::{Change, Diff, DiffSummary};
 pub use error::{ChannelsError, Result};
 pub use moves::MoveOutcome;
+pub use plan::MovePlan;
 pub use promote::PromoteRequest;
 pub use publish::RELEASE_DATE_MARGIN;
 pub use serve::Served;

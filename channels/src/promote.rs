@@ -7,7 +7,8 @@ use crate::error::{ChannelsError, Result};
 use crate::manifest::*;
 use crate::moves::*;
 use crate::service::*;
-use std::collections::HashSet;
+use aptgate_config::ChannelConfig;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tracing::info;
 
@@ -21,6 +22,14 @@ pub struct PromoteRequest {
     /// Only these packages (and the dependencies the target lacks); empty = everything.
     #[serde(default)]
     pub only: Vec<String>,
+}
+
+/// What [`Channels::promotion_checks`] found.
+pub(crate) struct Checked {
+    pub config: ChannelConfig,
+    pub from_snapshot_id: String,
+    /// The refusal a promotion would meet now for want of soak (`min_soak`).
+    pub soak_refusal: Option<String>,
 }
 
 impl Channels {
@@ -50,48 +59,12 @@ impl Channels {
         actor: &Actor,
         auto_approved: bool,
     ) -> Result<MoveOutcome> {
-        let to_config = self.channel_config(&req.to).await?;
-        let from_state = self.channel_state(&req.from).await?;
-        if let Some(allowed) = &to_config.promotes_from {
-            if allowed.as_str() != req.from {
-                return Err(ChannelsError::Refused(format!(
-                    "{} promotes from {allowed}, not from {}",
-                    req.to, req.from
-                )));
-            }
-        }
-        let from_snapshot_id = from_state
-            .snapshot_id
-            .clone()
-            .ok_or_else(|| ChannelsError::Unpublished(req.from.clone()))?;
+        let checked = self.promotion_checks(req).await?;
         // Auto-approval has its own soak: per package version, since it was first seen.
-        if !to_config.min_soak.is_zero() && !auto_approved {
-            let history = self.catalog.channel_history(&req.from, 1000).await?;
-            let since = history
-                .iter()
-                .take_while(|h| h.snapshot_id == from_snapshot_id)
-                .last()
-                .map(|h| h.at)
-                .unwrap_or(from_state.updated_at);
-            let soaked = Duration::from_secs((now() - since).max(0) as u64);
-            if soaked < to_config.min_soak {
-                return Err(ChannelsError::Refused(format!(
-                    "snapshot {from_snapshot_id} has been in {} for {}; {} requires {} \
-                     (min_soak)\nhint: wait, or lower min_soak for {} in the configuration",
-                    req.from,
-                    aptgate_config::humantime_secs::format_duration(soaked),
-                    req.to,
-                    aptgate_config::humantime_secs::format_duration(to_config.min_soak),
-                    req.to
-                )));
-            }
+        if let Some(refusal) = checked.soak_refusal.filter(|_| !auto_approved) {
+            return Err(ChannelsError::Refused(refusal));
         }
-        if !req.only.is_empty() && !to_config.selective {
-            return Err(ChannelsError::Refused(format!(
-                "{} does not allow selective promotion (selective = false)",
-                req.to
-            )));
-        }
+        let from_snapshot_id = checked.from_snapshot_id;
         let lock = self.lock(&req.to);
         let _guard = lock.lock().await;
         let to = self.position(&req.to).await?;
@@ -115,26 +88,9 @@ impl Channels {
                     req.to
                 )));
             };
-            if let Some(h) = holds.iter().find(|h| req.only.contains(&h.package)) {
-                return Err(ChannelsError::Refused(format!(
-                    "{} is held in {}\nhint: `aptgate unhold {} {}` first",
-                    h.package, req.to, req.to, h.package
-                )));
-            }
-            let (take, found) = self.pull_set(cur, &source_manifest, &req.only).await?;
-            let missing: Vec<_> = req.only.iter().filter(|n| !found.contains(*n)).collect();
-            if !missing.is_empty() {
-                return Err(ChannelsError::Refused(format!(
-                    "not in {}'s snapshot {}: {}",
-                    req.from,
-                    source_snapshot.id,
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            let (take, _) = self
+                .selected_pull(req, &holds, cur, &source_snapshot.id, &source_manifest)
+                .await?;
             let derived = self.overlay(cur, &source_manifest, &take).await?;
             self.derived_snapshot(
                 base,
@@ -160,6 +116,92 @@ impl Channels {
             actor,
         )
         .await
+    }
+
+    /// What a promotion must pass before anything is prepared. A snapshot that has not soaked
+    /// long enough is reported, not refused, so a dry run can tell it.
+    pub(crate) async fn promotion_checks(&self, req: &PromoteRequest) -> Result<Checked> {
+        let to_config = self.channel_config(&req.to).await?;
+        let from_state = self.channel_state(&req.from).await?;
+        if let Some(allowed) = &to_config.promotes_from {
+            if allowed.as_str() != req.from {
+                return Err(ChannelsError::Refused(format!(
+                    "{} promotes from {allowed}, not from {}",
+                    req.to, req.from
+                )));
+            }
+        }
+        let from_snapshot_id = from_state
+            .snapshot_id
+            .clone()
+            .ok_or_else(|| ChannelsError::Unpublished(req.from.clone()))?;
+        let mut soak_refusal = None;
+        if !to_config.min_soak.is_zero() {
+            let history = self.catalog.channel_history(&req.from, 1000).await?;
+            let since = history
+                .iter()
+                .take_while(|h| h.snapshot_id == from_snapshot_id)
+                .last()
+                .map(|h| h.at)
+                .unwrap_or(from_state.updated_at);
+            let soaked = Duration::from_secs((now() - since).max(0) as u64);
+            if soaked < to_config.min_soak {
+                soak_refusal = Some(format!(
+                    "snapshot {from_snapshot_id} has been in {} for {}; {} requires {} \
+                     (min_soak)\nhint: wait, or lower min_soak for {} in the configuration",
+                    req.from,
+                    aptgate_config::humantime_secs::format_duration(soaked),
+                    req.to,
+                    aptgate_config::humantime_secs::format_duration(to_config.min_soak),
+                    req.to
+                ));
+            }
+        }
+        if !req.only.is_empty() && !to_config.selective {
+            return Err(ChannelsError::Refused(format!(
+                "{} does not allow selective promotion (selective = false)",
+                req.to
+            )));
+        }
+        Ok(Checked {
+            config: to_config,
+            from_snapshot_id,
+            soak_refusal,
+        })
+    }
+
+    /// For `--only`: what to take from the source per index (the named packages and the
+    /// dependencies `current` lacks) and every name taken. Refused when a named package is
+    /// held in the target or missing from the source.
+    pub(crate) async fn selected_pull(
+        &self,
+        req: &PromoteRequest,
+        holds: &[Hold],
+        current: &Manifest,
+        source_snapshot_id: &str,
+        source: &Manifest,
+    ) -> Result<(HashMap<(String, String), HashSet<String>>, BTreeSet<String>)> {
+        if let Some(h) = holds.iter().find(|h| req.only.contains(&h.package)) {
+            return Err(ChannelsError::Refused(format!(
+                "{} is held in {}\nhint: `aptgate unhold {} {}` first",
+                h.package, req.to, req.to, h.package
+            )));
+        }
+        let (take, found) = self.pull_set(current, source, &req.only).await?;
+        let missing: Vec<_> = req.only.iter().filter(|n| !found.contains(*n)).collect();
+        if !missing.is_empty() {
+            return Err(ChannelsError::Refused(format!(
+                "not in {}'s snapshot {}: {}",
+                req.from,
+                source_snapshot_id,
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok((take, found))
     }
 
     /// A whole snapshot as `channel` will publish it: held packages keep the channel's

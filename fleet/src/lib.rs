@@ -13,6 +13,7 @@
 //! | `selector.rs` | labels and label selectors |
 //! | `assignment.rs` | rules → a host's channel → its apt sources |
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
+//! | `impact.rs` | what moving a channel would upgrade or leave behind on its hosts |
 //! | `admin/` | the admin routes under `/api/v1/fleet/` (behind the admin token) |
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod assignment;
 mod auth;
 mod enroll;
 pub mod error;
+pub mod impact;
 pub mod inventory;
 pub mod pending;
 pub mod selector;

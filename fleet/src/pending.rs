@@ -98,7 +98,10 @@ fn cap<K, V>(map: &mut HashMap<K, V>, max: usize) {
 }
 
 impl Fleet {
-    async fn newest(&self, channel: &str) -> Result<Option<(String, Arc<NewestVersions>)>> {
+    pub(crate) async fn newest(
+        &self,
+        channel: &str,
+    ) -> Result<Option<(String, Arc<NewestVersions>)>> {
         let Some((snapshot, newest)) = self.channels.channel_newest_versions(channel).await? else {
             return Ok(None);
         };
@@ -131,7 +134,7 @@ impl Fleet {
         }))
     }
 
-    async fn installed(&self, digest: &str) -> Result<Option<Arc<Installed>>> {
+    pub(crate) async fn installed(&self, digest: &str) -> Result<Option<Arc<Installed>>> {
         if let Some(i) = self
             .pending
             .inventories

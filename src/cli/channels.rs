@@ -2,6 +2,7 @@
 //! `rollback`.
 
 use super::admin_client::{date, encode, AdminClient};
+use super::impact::{plan, print_diff, print_impact, print_plan_notes};
 use aptgate_channels::catalog::{ChannelState, HistoryEntry};
 use aptgate_channels::verify::VerifyReport;
 use aptgate_channels::MoveOutcome;
@@ -65,6 +66,13 @@ pub enum MoveCommand {
         /// Why: recorded in the audit log.
         #[arg(long)]
         comment: Option<String>,
+        /// Only say what would change, in the channel and on its hosts (from their
+        /// inventories): nothing moves.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: the plan and its impact as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Point an entry channel (one without promotes_from) at a snapshot.
     Publish {
@@ -177,7 +185,49 @@ pub async fn run_move(api: &AdminClient, command: MoveCommand) -> anyhow::Result
             from,
             to,
             only,
+            dry_run: true,
+            json,
+            ..
+        } => {
+            let planned = plan(
+                api,
+                serde_json::json!({"promote": {"from": from, "to": to, "only": only}}),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"plan": planned.plan, "impact": planned.impact})
+                    )?
+                );
+            } else {
+                let p = &planned.plan;
+                let at = p.current.as_deref().unwrap_or("(unpublished)");
+                if only.is_empty() {
+                    println!(
+                        "dry run, nothing moves: {to} would go from {at} to {from}'s snapshot {}",
+                        p.snapshot
+                    );
+                } else {
+                    println!(
+                        "dry run, nothing moves: {to} ({at}) would take {} from {from}'s \
+                         snapshot {}",
+                        only.join(", "),
+                        p.snapshot
+                    );
+                }
+                print_diff(&p.diff);
+                print_plan_notes(p);
+                print_impact(&planned.impact);
+            }
+        }
+        MoveCommand::Promote {
+            from,
+            to,
+            only,
             comment,
+            ..
         } => {
             let outcome: MoveOutcome = api
                 .post(

@@ -1,6 +1,8 @@
 //! `aptgate snapshot …`: list, show, diff, and derive snapshots (filter, merge, pull).
 
 use super::admin_client::{date, encode, AdminClient};
+use super::impact::{plan, print_diff, print_impact, print_plan_notes};
+use aptgate_channels::catalog::ChannelState;
 use aptgate_channels::catalog::Snapshot;
 use aptgate_channels::Diff;
 use clap::Subcommand;
@@ -20,6 +22,13 @@ pub enum SnapshotCommand {
         b: String,
         #[arg(long)]
         json: bool,
+        /// Also what moving a channel from A to B would do on its hosts, from their
+        /// inventories (nothing moves).
+        #[arg(long)]
+        impact: bool,
+        /// The channel(s) whose hosts `--impact` looks at (default: every channel at A).
+        #[arg(long = "channel", requires = "impact")]
+        channels: Vec<String>,
     },
     /// A new snapshot with only the packages of SNAPSHOT that match.
     Filter {
@@ -99,37 +108,13 @@ pub async fn run(api: &AdminClient, command: SnapshotCommand) -> anyhow::Result<
                 );
             }
         }
-        SnapshotCommand::Diff { a, b, json } => {
-            let diff: Diff = api
-                .get(&format!("snapshots/{}/diff/{}", encode(&a), encode(&b)))
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&diff)?);
-            } else {
-                for (label, changes) in [
-                    ("added", &diff.added),
-                    ("removed", &diff.removed),
-                    ("upgraded", &diff.upgraded),
-                    ("downgraded", &diff.downgraded),
-                ] {
-                    for c in changes {
-                        println!(
-                            "{label:<10} {:<16} {:<32} {:<8} {} -> {}",
-                            c.suite,
-                            c.name,
-                            c.architecture,
-                            c.from.as_deref().unwrap_or("-"),
-                            c.to.as_deref().unwrap_or("-")
-                        );
-                    }
-                }
-                let s = diff.summary();
-                println!(
-                    "{} added, {} removed, {} upgraded, {} downgraded",
-                    s.added, s.removed, s.upgraded, s.downgraded
-                );
-            }
-        }
+        SnapshotCommand::Diff {
+            a,
+            b,
+            json,
+            impact,
+            channels,
+        } => diff(api, &a, &b, json, impact, channels).await?,
         SnapshotCommand::Filter {
             snapshot,
             names,
@@ -181,4 +166,72 @@ pub async fn run(api: &AdminClient, command: SnapshotCommand) -> anyhow::Result<
 
 fn print_created(s: &Snapshot) {
     println!("created snapshot {}: {}", s.id, s.description);
+}
+
+/// `snapshot diff A B [--impact [--channel C]…]`.
+async fn diff(
+    api: &AdminClient,
+    a: &str,
+    b: &str,
+    json: bool,
+    impact: bool,
+    mut channels: Vec<String>,
+) -> anyhow::Result<()> {
+    let diff: Diff = api
+        .get(&format!("snapshots/{}/diff/{}", encode(a), encode(b)))
+        .await?;
+    if !impact {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&diff)?);
+        } else {
+            print_diff(&diff);
+        }
+        return Ok(());
+    }
+    if channels.is_empty() {
+        let from: Snapshot = serde_json::from_value(
+            api.get::<serde_json::Value>(&format!("snapshots/{}", encode(a)))
+                .await?["snapshot"]
+                .clone(),
+        )?;
+        let list: Vec<ChannelState> = api.get("channels").await?;
+        channels = list
+            .into_iter()
+            .filter(|c| c.snapshot_id.as_deref() == Some(from.id.as_str()))
+            .map(|c| c.name)
+            .collect();
+        if channels.is_empty() && !json {
+            eprintln!(
+                "no channel is at {a}: nothing to weigh on hosts\nhint: name one with \
+                 --channel C"
+            );
+        }
+    }
+    let mut planned = Vec::new();
+    for channel in &channels {
+        planned.push(plan(api, serde_json::json!({"channel": channel, "snapshot": b})).await?);
+    }
+    if json {
+        let impacts: Vec<_> = planned
+            .iter()
+            .map(|p| serde_json::json!({"plan": p.plan, "impact": p.impact}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"diff": diff, "channels": impacts}))?
+        );
+        return Ok(());
+    }
+    print_diff(&diff);
+    for p in &planned {
+        println!();
+        let d = p.plan.diff.summary();
+        println!(
+            "if {} moved to {b}: {} added, {} removed, {} upgraded, {} downgraded in the channel",
+            p.plan.channel, d.added, d.removed, d.upgraded, d.downgraded
+        );
+        print_plan_notes(&p.plan);
+        print_impact(&p.impact);
+    }
+    Ok(())
 }

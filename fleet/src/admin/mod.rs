@@ -5,6 +5,7 @@
 
 mod commands;
 mod hosts;
+mod impact;
 mod queue;
 mod rules;
 mod tokens;
@@ -49,6 +50,7 @@ where
         endpoint(M::GET, "/api/v1/fleet/pending", queue::pending, "The fleet queue: updates awaiting approval and available now, grouped by package and versions, with host counts (?selector=)"),
         endpoint(M::POST, "/api/v1/fleet/approve", queue::approve, "Approve versions: a selective promotion into the channel from the one it promotes from ({\"channel\", \"packages\": [\"name=version\"], \"comment\"?})"),
         endpoint(M::POST, "/api/v1/fleet/decline", queue::decline, "Decline versions: hidden from the queue until a newer one appears ({\"channel\", \"packages\": [\"name[:arch]=version\"], \"comment\"?})"),
+        endpoint(M::POST, "/api/v1/fleet/impact", impact::impact, "What a move would do, changing nothing: the channel's diff and, from inventories, upgrades per package and host ({\"channel\", \"snapshot\"} or {\"promote\": {\"from\", \"to\", \"only\"?}})"),
     ]
 }
 
