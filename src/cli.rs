@@ -6,6 +6,7 @@ pub mod channels;
 pub mod fleet;
 pub mod hosts;
 pub mod keys;
+pub mod profiles;
 pub mod serve;
 pub mod snapshots;
 pub mod store;

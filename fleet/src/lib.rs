@@ -13,6 +13,7 @@
 //! | `selector.rs` | labels and label selectors |
 //! | `assignment.rs` | rules → a host's channel → its apt sources |
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
+//! | `profiles.rs` | package profiles: desired packages by label, merged per host; compliance |
 //! | `admin/` | the admin routes under `/api/v1/fleet/` (behind the admin token) |
 
 pub mod admin;
@@ -23,6 +24,7 @@ mod enroll;
 pub mod error;
 pub mod inventory;
 pub mod pending;
+pub mod profiles;
 pub mod selector;
 pub mod store;
 mod waiters;
@@ -45,6 +47,7 @@ pub struct Fleet {
     #[expect(clippy::type_complexity, reason = "a cache pair, read in one place")]
     pub(crate) keys: Mutex<Option<(Vec<String>, Arc<Vec<aptgate_agent::protocol::ChannelKey>>)>>,
     pub(crate) pending: pending::PendingCache,
+    pub(crate) profiles: profiles::ProfileCache,
 }
 
 impl Fleet {
@@ -80,6 +83,7 @@ impl Fleet {
             rules: assignment::RuleCache::default(),
             keys: Mutex::new(None),
             pending: pending::PendingCache::default(),
+            profiles: profiles::ProfileCache::default(),
         });
         tokio::spawn(Fleet::watch_revisions(Arc::downgrade(&fleet)));
         Ok(fleet)
