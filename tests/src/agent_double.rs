@@ -209,6 +209,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Body>) -> Response {
                 commands,
                 upload_inventory,
                 poll: poll(&state),
+                profile: None,
             })
             .into_response()
         }
