@@ -292,6 +292,34 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
             "{body}: {answer}"
         );
     }
+    // Behind the admin token, and in the OpenAPI document.
+    for (method, path) in [
+        ("GET", "/api/v1/fleet/profiles"),
+        ("POST", "/api/v1/fleet/profiles"),
+        ("DELETE", "/api/v1/fleet/profiles/x"),
+        ("GET", "/api/v1/fleet/compliance"),
+    ] {
+        let status = client()
+            .request(method.parse().unwrap(), format!("{}{path}", s.app.url))
+            .json(&json!({"name": "x", "packages": [{"name": "hello", "state": "present"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{method} {path}");
+    }
+    let openapi: Value = client()
+        .get(format!("{}/api/v1/openapi.json", s.app.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/api/v1/fleet/profiles", "/api/v1/fleet/profiles/{name}", "/api/v1/fleet/compliance"] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} not in the OpenAPI document");
+    }
     let err = cli(
         &s,
         token,
