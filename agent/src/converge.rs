@@ -14,8 +14,8 @@ use crate::{
     inventory,
     profile::{evaluate, installed_versions, plan},
     protocol::{
-        inventory_digest, Command, CommandKind, ComplianceReport, ComplianceState,
-        DesiredPackages, InstalledPackage,
+        inventory_digest, Command, CommandKind, ComplianceReport, ComplianceState, DesiredPackages,
+        InstalledPackage,
     },
     state::{AgentState, ConvergeAttempt},
 };
@@ -82,7 +82,12 @@ impl Agent {
         if previous.is_some_and(|a| !may_retry(a, now)) {
             return Ok(false);
         }
-        tracing::info!(rev = desired.rev, ?install, ?remove, "converging on the package profile");
+        tracing::info!(
+            rev = desired.rev,
+            ?install,
+            ?remove,
+            "converging on the package profile"
+        );
         let mut transcript = String::new();
         let mut failed = false;
         for (kind, packages) in [
@@ -104,10 +109,7 @@ impl Agent {
             transcript.push_str(&result.output);
             failed = result.exit_code != 0;
         }
-        let after = evaluate(
-            desired,
-            &installed_versions(&inventory::read(&self.root)?),
-        );
+        let after = evaluate(desired, &installed_versions(&inventory::read(&self.root)?));
         let off: Vec<String> = after
             .iter()
             .filter(|c| !matches!(c.state, ComplianceState::Ok | ComplianceState::Conflict))

@@ -11,8 +11,7 @@ use crate::{
     client::{unix_now, AgentClient, ClientError},
     commands::{self, Apt},
     config::{AgentConfig, ConfigError},
-    converge,
-    facts,
+    converge, facts,
     host_root::HostRoot,
     inventory, other_sources,
     protocol::{

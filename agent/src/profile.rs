@@ -109,9 +109,10 @@ pub fn evaluate(
                         format!("installed {}", versions.join(", ")),
                     )
                 }
-                (WantedState::Present, Some(versions), _) => {
-                    (ComplianceState::Ok, format!("installed {}", versions.join(", ")))
-                }
+                (WantedState::Present, Some(versions), _) => (
+                    ComplianceState::Ok,
+                    format!("installed {}", versions.join(", ")),
+                ),
                 (WantedState::Absent, Some(versions), _) => (
                     ComplianceState::PresentButAbsentWanted,
                     format!("installed {}", versions.join(", ")),
@@ -184,7 +185,17 @@ mod tests {
         for good in ["hello", "g++-12", "libc6", "0ad", "acme-agent"] {
             assert!(valid_package_name(good), "{good}");
         }
-        for bad in ["", "a", "Hello", "-o", "he llo", "a;b", "a$(x)", "a/b", "hello:amd64"] {
+        for bad in [
+            "",
+            "a",
+            "Hello",
+            "-o",
+            "he llo",
+            "a;b",
+            "a$(x)",
+            "a/b",
+            "hello:amd64",
+        ] {
             assert!(!valid_package_name(bad), "{bad:?}");
         }
         for good in ["2.10-3", "2.10-*", "1:2.0-1", "*", "2.?-1~rc1+b2"] {

@@ -113,10 +113,7 @@ pub fn check_packages(packages: &[ProfilePackage]) -> Result<()> {
             }
         }
         if !seen.insert(p.name.as_str()) {
-            return Err(bad(format!(
-                "{} is named twice in the profile",
-                p.name
-            )));
+            return Err(bad(format!("{} is named twice in the profile", p.name)));
         }
     }
     Ok(())
@@ -304,7 +301,10 @@ impl Fleet {
                 Some(d) => self.installed(d).await?.map(|installed| {
                     let mut versions: BTreeMap<String, Vec<String>> = BTreeMap::new();
                     for ((name, _), version) in installed.iter() {
-                        versions.entry(name.clone()).or_default().push(version.clone());
+                        versions
+                            .entry(name.clone())
+                            .or_default()
+                            .push(version.clone());
                     }
                     evaluate(&desired, &versions)
                 }),
@@ -315,7 +315,11 @@ impl Fleet {
                 .filter(|(rev, _)| *rev == desired.rev)
                 .and_then(|(_, e)| e.clone());
             for &i in &matching {
-                let names: Vec<&str> = profiles[i].packages.iter().map(|p| p.name.as_str()).collect();
+                let names: Vec<&str> = profiles[i]
+                    .packages
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
                 let problems: Option<Vec<PackageCompliance>> = evaluated.as_ref().map(|all| {
                     all.iter()
                         .filter(|c| names.contains(&c.package.as_str()))
@@ -368,7 +372,11 @@ pub fn parse_install(text: &str) -> ProfilePackage {
 mod tests {
     use super::*;
 
-    fn profile(name: &str, priority: i64, packages: &[(&str, WantedState, Option<&str>)]) -> Profile {
+    fn profile(
+        name: &str,
+        priority: i64,
+        packages: &[(&str, WantedState, Option<&str>)],
+    ) -> Profile {
         Profile {
             name: name.into(),
             selector: Selector::default(),
@@ -390,8 +398,19 @@ mod tests {
 
     #[test]
     fn merge_agrees_conflicts_and_honours_priority() {
-        let pos = profile("pos", 0, &[("acme-agent", Present, None), ("hello", Present, Some("2.10-*"))]);
-        let base = profile("base", 0, &[("acme-agent", Present, None), ("telnet", Absent, None)]);
+        let pos = profile(
+            "pos",
+            0,
+            &[
+                ("acme-agent", Present, None),
+                ("hello", Present, Some("2.10-*")),
+            ],
+        );
+        let base = profile(
+            "base",
+            0,
+            &[("acme-agent", Present, None), ("telnet", Absent, None)],
+        );
         let lockdown = profile("lockdown", 0, &[("hello", Absent, None)]);
         let pinned = profile("pinned", 0, &[("acme-agent", Present, Some("1.0-1"))]);
         let other_pin = profile("other-pin", 0, &[("acme-agent", Present, Some("2.0-1"))]);
@@ -407,7 +426,10 @@ mod tests {
         let m = merge(&[&pos, &lockdown]);
         assert!(m.packages.iter().all(|p| p.name != "hello"));
         assert_eq!(m.conflicts.len(), 1);
-        assert_eq!(m.conflicts[0].wishes, ["lockdown: absent", "pos: present 2.10-*"]);
+        assert_eq!(
+            m.conflicts[0].wishes,
+            ["lockdown: absent", "pos: present 2.10-*"]
+        );
 
         // A pattern and no pattern agree (the pattern counts); two patterns conflict.
         let m = merge(&[&base, &pinned]);
@@ -418,7 +440,10 @@ mod tests {
         let m = merge(&[&pos, &lockdown, &boss]);
         assert!(m.conflicts.is_empty());
         let hello = m.packages.iter().find(|p| p.name == "hello").unwrap();
-        assert_eq!((hello.state, hello.profiles.clone()), (Absent, vec!["boss".to_owned()]));
+        assert_eq!(
+            (hello.state, hello.profiles.clone()),
+            (Absent, vec!["boss".to_owned()])
+        );
 
         // The rev follows the content, not the order.
         assert_eq!(merge(&[&pos, &base]).rev, merge(&[&base, &pos]).rev);
@@ -428,7 +453,10 @@ mod tests {
     #[test]
     fn bad_packages_are_refused() {
         let ok = |p: Vec<ProfilePackage>| check_packages(&p).is_ok();
-        assert!(ok(vec![parse_install("acme-agent"), parse_install("hello=2.10-*")]));
+        assert!(ok(vec![
+            parse_install("acme-agent"),
+            parse_install("hello=2.10-*")
+        ]));
         assert!(!ok(vec![]));
         assert!(!ok(vec![parse_install("Acme")]));
         assert!(!ok(vec![parse_install("hello=$(reboot)")]));

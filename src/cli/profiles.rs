@@ -164,7 +164,10 @@ pub async fn compliance(
             }
         }
     }
-    let uncovered = report["not_covered"].as_array().cloned().unwrap_or_default();
+    let uncovered = report["not_covered"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if !uncovered.is_empty() {
         let names: Vec<String> = uncovered
             .iter()

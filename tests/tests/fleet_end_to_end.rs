@@ -69,7 +69,10 @@ impl Machine {
     }
 
     fn start(&mut self) {
-        let log = std::fs::File::create(self.state.with_file_name("agent.log")).unwrap();
+        let log = fs_err::File::create(self.state.with_file_name("agent.log"))
+            .unwrap()
+            .into_parts()
+            .0;
         self.agent = Some(
             self.command()
                 .arg("run")

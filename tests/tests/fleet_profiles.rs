@@ -67,7 +67,10 @@ impl Machine {
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = std::fs::File::create(self.state.with_file_name("agent.log")).unwrap();
+        let log = fs_err::File::create(self.state.with_file_name("agent.log"))
+            .unwrap()
+            .into_parts()
+            .0;
         self.agent = Some(
             self.command()
                 .arg("run")
@@ -208,13 +211,27 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         &PackageSpec::new("acme-agent", "1.0-1", "all", "main", &["stable"]),
     )
     .unwrap();
-    cli(&s, token, &["upload", deb.to_str().unwrap(), "--to", "inhouse"]).unwrap();
+    cli(
+        &s,
+        token,
+        &["upload", deb.to_str().unwrap(), "--to", "inhouse"],
+    )
+    .unwrap();
     let out = cli(&s, token, &["sync", "inhouse"]).unwrap();
     assert!(out.contains("moved testing"), "{out}");
     cli(
         &s,
         token,
-        &["fleet", "rule", "add", "all", "--selector", "", "--channel", "testing"],
+        &[
+            "fleet",
+            "rule",
+            "add",
+            "all",
+            "--selector",
+            "",
+            "--channel",
+            "testing",
+        ],
     )
     .unwrap();
 
@@ -231,7 +248,12 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
     let (pos_id, office_id) = (pos.host_id(), office.host_id());
 
     // hello everywhere, by command, so an --absent profile has something to remove.
-    cli(&s, token, &["fleet", "command", "--selector", "", "install", "hello"]).unwrap();
+    cli(
+        &s,
+        token,
+        &["fleet", "command", "--selector", "", "install", "hello"],
+    )
+    .unwrap();
     until("hello on both hosts", &machines, || {
         machines.iter().all(|m| m.installed("hello").is_some())
     })
@@ -317,8 +339,15 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         .json()
         .await
         .unwrap();
-    for path in ["/api/v1/fleet/profiles", "/api/v1/fleet/profiles/{name}", "/api/v1/fleet/compliance"] {
-        assert!(openapi["paths"].get(path).is_some(), "{path} not in the OpenAPI document");
+    for path in [
+        "/api/v1/fleet/profiles",
+        "/api/v1/fleet/profiles/{name}",
+        "/api/v1/fleet/compliance",
+    ] {
+        assert!(
+            openapi["paths"].get(path).is_some(),
+            "{path} not in the OpenAPI document"
+        );
     }
     let err = cli(
         &s,
@@ -326,7 +355,10 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         &["fleet", "profile", "add", "x", "--install", "Hello"],
     )
     .unwrap_err();
-    assert!(err.contains("invalid package name") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("invalid package name") && err.contains("hint:"),
+        "{err}"
+    );
     let listed = json_cli(&s, token, &["fleet", "profile", "list", "--json"]);
     assert_eq!(listed, json!([]));
 
@@ -334,16 +366,28 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
     add_profile(
         &s,
         token,
-        &["pos-agent", "--selector", "role=pos", "--install", "acme-agent", "--comment", "POS-12"],
+        &[
+            "pos-agent",
+            "--selector",
+            "role=pos",
+            "--install",
+            "acme-agent",
+            "--comment",
+            "POS-12",
+        ],
     );
     until("acme-agent on the pos host", &machines, || {
         pos.installed("acme-agent").as_deref() == Some("1.0-1")
     })
     .await;
-    until("the pos host's compliance from its inventory", &machines, || {
-        entry(&compliance(&s, token), "pos-agent", &pos_id)
-            .is_some_and(|h| h["compliant"] == true)
-    })
+    until(
+        "the pos host's compliance from its inventory",
+        &machines,
+        || {
+            entry(&compliance(&s, token), "pos-agent", &pos_id)
+                .is_some_and(|h| h["compliant"] == true)
+        },
+    )
     .await;
     let report = compliance(&s, token);
     let not_covered: Vec<&str> = report["not_covered"]
@@ -353,7 +397,10 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         .map(|h| h["host"].as_str().unwrap())
         .collect();
     assert_eq!(not_covered, [office_id.as_str()], "{report:#}");
-    assert!(entry(&report, "pos-agent", &office_id).is_none(), "{report:#}");
+    assert!(
+        entry(&report, "pos-agent", &office_id).is_none(),
+        "{report:#}"
+    );
     assert_eq!(office.installed("acme-agent"), None, "{}", office.log());
     let text = cli(&s, token, &["fleet", "compliance"]).unwrap();
     assert!(
@@ -363,7 +410,11 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
     );
 
     // hello must go from office hosts: removed there, kept on the pos host.
-    add_profile(&s, token, &["no-hello", "--selector", "role=office", "--absent", "hello"]);
+    add_profile(
+        &s,
+        token,
+        &["no-hello", "--selector", "role=office", "--absent", "hello"],
+    );
     until("hello removed from the office host", &machines, || {
         office.installed("hello").is_none()
     })
@@ -377,12 +428,26 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
 
     // Another profile wants hello on the same hosts at the same priority: a conflict, reported
     // and not guessed (hello stays absent).
-    add_profile(&s, token, &["want-hello", "--selector", "role=office", "--install", "hello"]);
-    until("the office agent to receive the conflict", &machines, || {
-        office.agent_state()["profile"]["conflicts"]
-            .as_array()
-            .is_some_and(|c| !c.is_empty())
-    })
+    add_profile(
+        &s,
+        token,
+        &[
+            "want-hello",
+            "--selector",
+            "role=office",
+            "--install",
+            "hello",
+        ],
+    );
+    until(
+        "the office agent to receive the conflict",
+        &machines,
+        || {
+            office.agent_state()["profile"]["conflicts"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        },
+    )
     .await;
     let report = compliance(&s, token);
     for profile in ["no-hello", "want-hello"] {
@@ -396,7 +461,12 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         );
     }
     assert_eq!(office.installed("hello"), None, "{}", office.log());
-    let text = cli(&s, token, &["fleet", "compliance", "--selector", "role=office"]).unwrap();
+    let text = cli(
+        &s,
+        token,
+        &["fleet", "compliance", "--selector", "role=office"],
+    )
+    .unwrap();
     assert!(text.contains("hello: conflict"), "{text}");
 
     // A package apt cannot find: the failure is reported with apt's words, and the agent does
@@ -404,7 +474,13 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
     add_profile(
         &s,
         token,
-        &["broken", "--selector", "role=pos", "--install", "no-such-package=1.0-1"],
+        &[
+            "broken",
+            "--selector",
+            "role=pos",
+            "--install",
+            "no-such-package=1.0-1",
+        ],
     );
     until("the failure reported", &machines, || {
         entry(&compliance(&s, token), "broken", &pos_id).is_some_and(|h| {
@@ -422,16 +498,29 @@ async fn profiles_converge_hosts_by_label_and_report_compliance(backend: Backend
         cli(&s, token, &["fleet", "poke", "role=pos"]).unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let runs = pos.log().matches("converging on the package profile").count();
-    assert_eq!(runs, 2, "one run for acme-agent, one for the broken profile\n{}", pos.log());
+    let runs = pos
+        .log()
+        .matches("converging on the package profile")
+        .count();
+    assert_eq!(
+        runs,
+        2,
+        "one run for acme-agent, one for the broken profile\n{}",
+        pos.log()
+    );
 
     // Removing a profile leaves what it installed; everything was audited.
     cli(&s, token, &["fleet", "profile", "remove", "broken"]).unwrap();
     let listed = cli(&s, token, &["fleet", "profile", "list"]).unwrap();
     assert!(
-        listed.contains("pos-agent") && listed.contains("+acme-agent") && !listed.contains("broken"),
+        listed.contains("pos-agent")
+            && listed.contains("+acme-agent")
+            && !listed.contains("broken"),
         "{listed}"
     );
     let audit = cli(&s, token, &["audit", "--action", "profile"]).unwrap();
-    assert!(audit.contains("POS-12") && audit.contains("broken"), "{audit}");
+    assert!(
+        audit.contains("POS-12") && audit.contains("broken"),
+        "{audit}"
+    );
 }
