@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod impact;
 pub mod keys;
+pub mod profiles;
 pub mod serve;
 pub mod snapshots;
 pub mod store;

@@ -11,7 +11,7 @@ use crate::{
     client::{unix_now, AgentClient, ClientError},
     commands::{self, Apt},
     config::{AgentConfig, ConfigError},
-    facts,
+    converge, facts,
     host_root::HostRoot,
     inventory, other_sources,
     protocol::{
@@ -101,6 +101,8 @@ impl Agent {
                 .unwrap_or_default(),
             disabled_sources: previous.map(|p| p.disabled_sources).unwrap_or_default(),
             pending_results: Vec::new(),
+            profile: None,
+            converge: None,
         };
         self.state_dir.save_key(client.key())?;
         self.state_dir.save_state(&state)?;
@@ -139,6 +141,7 @@ impl Agent {
                 inventory_digest: state.inventory_digest.clone(),
                 results: state.pending_results.clone(),
                 run: None,
+                compliance: converge::report(&state, &packages),
             };
             let response = client.checkin(&request).await.context("checking in")?;
             state.pending_results.clear();
@@ -157,7 +160,11 @@ impl Agent {
             if response.upload_inventory || state.inventory_digest.as_ref() != Some(&digest) {
                 self.upload(&client, &mut state, packages).await?;
             }
-            if response.commands.is_empty() {
+            // Profiles first: a command queued in the same answer sees the converged host.
+            let converged = self
+                .converge(&apt, &mut state, response.profile.as_ref())
+                .await?;
+            if response.commands.is_empty() && !converged {
                 break;
             }
             for command in &response.commands {
@@ -179,7 +186,7 @@ impl Agent {
                 self.state_dir.save_state(&state)?;
                 commands_run += 1;
             }
-            // The commands may have changed the packages: tell the server before the results.
+            // apt may have changed the packages: tell the server before the results.
             let packages = inventory::read(&self.root)?;
             if state.inventory_digest.as_ref() != Some(&inventory_digest(&packages)) {
                 self.upload(&client, &mut state, packages).await?;

@@ -5,12 +5,14 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod converge;
 pub mod cycle;
 pub mod facts;
 pub mod files;
 pub mod host_root;
 pub mod inventory;
 pub mod other_sources;
+pub mod profile;
 pub mod protocol;
 pub mod reboot;
 pub mod sources;

@@ -242,6 +242,10 @@ pub struct CheckinRequest {
     /// Reserved for rolling upgrades (the run in progress, its step and lease fence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<serde_json::Value>,
+    /// How the host stands against the package profiles it was last given (added after
+    /// protocol 1 shipped: older agents send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<ComplianceReport>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +280,82 @@ pub struct CheckinResponse {
     /// The server has no inventory with the digest the agent sent: upload it.
     pub upload_inventory: bool,
     pub poll: Poll,
+    /// The packages the profiles matching the host want (added after protocol 1 shipped:
+    /// `None` from an older server, and for a pending host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<DesiredPackages>,
+}
+
+/// The merged desired packages of every profile whose selector matches the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredPackages {
+    /// Digest of everything below: the agent converges at most once per rev and inventory.
+    pub rev: String,
+    /// Sorted by name; packages in conflict are not here.
+    #[serde(default)]
+    pub packages: Vec<DesiredPackage>,
+    /// Packages the matching profiles disagree on: neither wish is applied.
+    #[serde(default)]
+    pub conflicts: Vec<PackageConflict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredPackage {
+    pub name: String,
+    pub state: WantedState,
+    /// For `present`: an exact version or a glob (`*`, `?`) the installed version must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The profiles that want it.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WantedState {
+    Present,
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageConflict {
+    pub name: String,
+    /// What each profile wants, e.g. `office-tools: present`, `lockdown: absent`.
+    pub wishes: Vec<String>,
+}
+
+/// The agent's view of its compliance, sent with each check-in. The server computes
+/// compliance itself from the inventory; it takes only `error` from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplianceReport {
+    /// The [`DesiredPackages::rev`] this is measured against.
+    pub rev: String,
+    #[serde(default)]
+    pub packages: Vec<PackageCompliance>,
+    /// The end of the output of the last convergence's apt run, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageCompliance {
+    pub package: String,
+    /// `present`, `present 2.10-*`, `absent`, or the conflict's wishes.
+    pub wanted: String,
+    pub state: ComplianceState,
+    #[serde(default)]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComplianceState {
+    Ok,
+    Missing,
+    WrongVersion,
+    PresentButAbsentWanted,
+    Conflict,
 }
 
 /// The host's assignment, as apt sources. No entries: the host is unassigned and the agent

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     files,
-    protocol::{CommandResult, HostKey, HostStatus, Labels, Poll},
+    protocol::{CommandResult, DesiredPackages, HostKey, HostStatus, Labels, Poll},
 };
 
 /// What the agent remembers between runs.
@@ -51,6 +51,26 @@ pub struct AgentState {
     /// Results not yet delivered: kept across restarts, sent with the next check-in.
     #[serde(default)]
     pub pending_results: Vec<CommandResult>,
+    /// The desired packages of the last check-in (what the next one reports compliance to).
+    #[serde(default)]
+    pub profile: Option<DesiredPackages>,
+    /// The last time the agent ran apt to converge on a profile.
+    #[serde(default)]
+    pub converge: Option<ConvergeAttempt>,
+}
+
+/// One convergence run: what it was measured against and how it ended. The agent does not
+/// run apt again for the same profile rev and dpkg database until the backoff has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergeAttempt {
+    pub profile_rev: String,
+    /// The inventory digest before the run.
+    pub inventory_digest: String,
+    pub at: i64,
+    /// Failed runs in a row for this rev and inventory (0: the last one left the host compliant).
+    pub failures: u32,
+    /// Why the last run failed: the end of apt's output, or what is still not compliant.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +202,8 @@ mod tests {
             keys_written: vec![],
             disabled_sources: vec![],
             pending_results: vec![],
+            profile: None,
+            converge: None,
         }
     }
 

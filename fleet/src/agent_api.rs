@@ -22,6 +22,8 @@ use std::time::Duration;
 
 /// A check-in body: facts, labels, lists and up to a few command outputs.
 const MAX_CHECKIN_BYTES: usize = 4 << 20;
+/// The longest apt error kept from a compliance report.
+const MAX_REPORT_ERROR: usize = 8 << 10;
 /// Most apt list lines and labels recorded per host.
 const MAX_LISTS: usize = 512;
 
@@ -200,6 +202,7 @@ impl Fleet {
                 commands: Vec::new(),
                 upload_inventory,
                 poll: self.poll(),
+                profile: None,
             });
         }
         let rules = self.rules().await?;
@@ -219,6 +222,10 @@ impl Fleet {
                 })
             })
             .collect();
+        let profile = self.desired_packages(&labels).await?;
+        if let Some(report) = &req.compliance {
+            self.record_compliance(&host.id, report, now).await?;
+        }
         Ok(CheckinResponse {
             status: status_of(&host.status),
             rev: host.rev,
@@ -226,7 +233,27 @@ impl Fleet {
             commands,
             upload_inventory,
             poll: self.poll(),
+            profile,
         })
+    }
+
+    /// Keeps what the server uses of an agent's compliance report: the rev and the error.
+    async fn record_compliance(
+        &self,
+        host: &str,
+        report: &protocol::ComplianceReport,
+        now: i64,
+    ) -> Result<()> {
+        if report.rev.len() > 128 || report.rev.chars().any(char::is_control) {
+            return Err(FleetError::bad_request(
+                "bad_request",
+                "compliance rev too long or with control characters",
+            ));
+        }
+        let error = report.error.as_deref().map(|e| cut(e, MAX_REPORT_ERROR));
+        self.store
+            .record_profile_report(host, &report.rev, error, now)
+            .await
     }
 
     /// Returns the host's revision once it passes `known`, or after the wait time.

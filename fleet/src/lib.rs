@@ -14,6 +14,7 @@
 //! | `assignment.rs` | rules → a host's channel → its apt sources |
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
 //! | `impact.rs` | what moving a channel would upgrade or leave behind on its hosts |
+//! | `profiles.rs` | package profiles: desired packages by label, merged per host; compliance |
 //! | `admin/` | the admin routes under `/api/v1/fleet/` (behind the admin token) |
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod impact;
 pub mod inventory;
 pub mod pending;
+pub mod profiles;
 pub mod selector;
 pub mod store;
 mod waiters;
@@ -47,6 +49,7 @@ pub struct Fleet {
     #[expect(clippy::type_complexity, reason = "a cache pair, read in one place")]
     pub(crate) keys: Mutex<Option<(Vec<String>, Arc<Vec<aptgate_agent::protocol::ChannelKey>>)>>,
     pub(crate) pending: pending::PendingCache,
+    pub(crate) profiles: profiles::ProfileCache,
 }
 
 impl Fleet {
@@ -82,6 +85,7 @@ impl Fleet {
             rules: assignment::RuleCache::default(),
             keys: Mutex::new(None),
             pending: pending::PendingCache::default(),
+            profiles: profiles::ProfileCache::default(),
         });
         tokio::spawn(Fleet::watch_revisions(Arc::downgrade(&fleet)));
         Ok(fleet)

@@ -47,7 +47,7 @@ pub struct HostPending {
 }
 
 /// Installed packages: (name, architecture) → version.
-type Installed = HashMap<(String, String), String>;
+pub(crate) type Installed = HashMap<(String, String), String>;
 
 #[derive(Default)]
 pub struct PendingCache {
@@ -134,6 +134,7 @@ impl Fleet {
         }))
     }
 
+    /// The installed packages of a stored inventory (cached by digest).
     pub(crate) async fn installed(&self, digest: &str) -> Result<Option<Arc<Installed>>> {
         if let Some(i) = self
             .pending

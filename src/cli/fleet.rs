@@ -17,6 +17,18 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: RuleCommand,
     },
+    /// Package profiles: label selector → packages installed (at a version pattern) or absent.
+    Profile {
+        #[command(subcommand)]
+        command: super::profiles::ProfileCommand,
+    },
+    /// Compliance with the package profiles, per profile and host, from the inventories.
+    Compliance {
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue a command for one host or the hosts a selector matches.
     Command {
         #[arg(long, conflicts_with = "host", required_unless_present = "host")]
@@ -131,6 +143,10 @@ pub async fn run(api: &AdminClient, command: FleetCommand) -> anyhow::Result<()>
     match command {
         FleetCommand::Token { command } => token(api, command).await?,
         FleetCommand::Rule { command } => rule(api, command).await?,
+        FleetCommand::Profile { command } => super::profiles::profile(api, command).await?,
+        FleetCommand::Compliance { selector, json } => {
+            super::profiles::compliance(api, selector, json).await?
+        }
         FleetCommand::Command {
             selector,
             host,

@@ -6,6 +6,7 @@
 mod commands;
 mod hosts;
 mod impact;
+mod profiles;
 mod queue;
 mod rules;
 mod tokens;
@@ -49,6 +50,10 @@ where
         endpoint(M::POST, "/api/v1/fleet/poke", commands::poke, "Make the hosts a selector matches check in now ({\"selector\", \"comment\"?})"),
         endpoint(M::GET, "/api/v1/fleet/pending", queue::pending, "The fleet queue: updates awaiting approval and available now, grouped by package and versions, with host counts (?selector=)"),
         endpoint(M::POST, "/api/v1/fleet/approve", queue::approve, "Approve versions: a selective promotion into the channel from the one it promotes from ({\"channel\", \"packages\": [\"name=version\"], \"comment\"?})"),
+        endpoint(M::GET, "/api/v1/fleet/profiles", profiles::list, "Package profiles: selector, packages wanted present (with a version pattern) or absent, priority"),
+        endpoint(M::POST, "/api/v1/fleet/profiles", profiles::add, "Add a package profile ({\"name\", \"selector\", \"packages\": [{\"name\", \"state\": \"present\"|\"absent\", \"version\"?: \"2.10-*\"}], \"priority\"?, \"comment\"?})"),
+        endpoint(M::DELETE, "/api/v1/fleet/profiles/{name}", profiles::remove, "Remove a package profile (?comment=); what it installed stays"),
+        endpoint(M::GET, "/api/v1/fleet/compliance", profiles::compliance, "Compliance per profile, from the hosts' inventories: compliant hosts, the others with what is wrong, hosts no profile covers (?selector=)"),
         endpoint(M::POST, "/api/v1/fleet/decline", queue::decline, "Decline versions: hidden from the queue until a newer one appears ({\"channel\", \"packages\": [\"name[:arch]=version\"], \"comment\"?})"),
         endpoint(M::POST, "/api/v1/fleet/impact", impact::impact, "What a move would do, changing nothing: the channel's diff and, from inventories, upgrades per package and host ({\"channel\", \"snapshot\"} or {\"promote\": {\"from\", \"to\", \"only\"?}})"),
     ]

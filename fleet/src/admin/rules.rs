@@ -48,7 +48,7 @@ fn check_rule_name(name: &str) -> Result<(), FleetError> {
 }
 
 /// Raises the revision of the active hosts `selector` matches.
-async fn wake_matching(fleet: &Fleet, selector: &Selector) -> Result<(), FleetError> {
+pub(super) async fn wake_matching(fleet: &Fleet, selector: &Selector) -> Result<(), FleetError> {
     let ids: Vec<String> = fleet
         .select_hosts(selector)
         .await?

@@ -9,6 +9,7 @@ mod hosts;
 mod inventories;
 mod labels;
 mod nonces;
+mod profiles;
 mod rules;
 mod tokens;
 
@@ -17,6 +18,7 @@ pub use commands::{CommandRow, CommandStatus};
 pub use declines::Decline;
 pub use hosts::{HostRow, HostUpdate, NewHost};
 pub use labels::{effective, LabelOrigin, LabelRow};
+pub use profiles::ProfileRow;
 pub use rules::RuleRow;
 pub use tokens::{NewToken, TokenRow};
 
