@@ -12,6 +12,7 @@
 //! | `waiters.rs` | agents' long-poll waits and what wakes them |
 //! | `selector.rs` | labels and label selectors |
 //! | `assignment.rs` | rules → a host's channel → its apt sources |
+//! | `installed.rs` | installed packages fleet-wide, numbered (the pending queue's input) |
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
 //! | `admin/` | the admin routes under `/api/v1/fleet/` (behind the admin token) |
 
@@ -21,6 +22,7 @@ pub mod assignment;
 mod auth;
 mod enroll;
 pub mod error;
+mod installed;
 pub mod inventory;
 pub mod pending;
 pub mod selector;
