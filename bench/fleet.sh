@@ -171,12 +171,15 @@ row() { # label key target
   row "server CPU per check-in, ms" server_cpu_ms_per_checkin ""
   row "fleet pending queue, first, ms" pending_queue_ms_first "≤ 1000"
   row "fleet pending queue, median of 3, ms" pending_queue_ms_median "≤ 1000"
-  row "pending queue rows" pending_queue_rows ""
+  row "pending queue: hosts" pending_queue_hosts ""
+  row "pending queue: awaiting groups" pending_queue_rows ""
   row "server RSS before the waits, MiB" server_rss_mib_before_waits ""
   row "server RSS with $WAITERS waits held, MiB" server_rss_mib_with_waits "≤ 300"
-  row "waits answered early (should be 0)" waits_answered_early "0"
+  row "RSS rise per held wait, KiB" server_kib_per_wait ""
+  row "waits the server holds a socket for" waits_connected "$WAITERS"
+  row "waits answered early" waits_answered_early "0"
   echo
-  echo "$HOSTS simulated hosts, $(wc -l <"$WORK/installed.tsv") packages each; $(nproc) cores; $(date -u +%F)."
+  echo "Run: \`bench/fleet.sh\` (HOSTS=$HOSTS RATE=$RATE CHECKIN_SECONDS=$CHECKIN_SECONDS WAITERS=$WAITERS) on $(date -u '+%F %H:%M') UTC, aptgate $(git -C "$ROOT" rev-parse --short HEAD): $HOSTS simulated hosts, $(wc -l <"$WORK/installed.tsv") packages each, $(nproc) cores shared by the server, the load generator and PostgreSQL (1-minute load average at the end: $(cut -d' ' -f1 /proc/loadavg))."
 } >"$WORK/table.md"
 cat "$WORK/table.md"
 

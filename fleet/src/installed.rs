@@ -125,7 +125,10 @@ mod tests {
         );
         i.insert(
             "b",
-            &[p("bash", "amd64", "5.2-1", ok), p("zsh", "amd64", "5.9", ok)],
+            &[
+                p("bash", "amd64", "5.2-1", ok),
+                p("zsh", "amd64", "5.9", ok),
+            ],
         );
         assert_eq!(i.len(), 2);
         assert_eq!(i.get("a").unwrap().len(), 1);

@@ -140,7 +140,12 @@ impl Outcome {
 
 impl Numbered {
     /// What is pending for every numbered package under `key` (`cv`, `declined`).
-    fn outcomes(&mut self, key: &OutcomeKey, cv: &ChannelVersions, declined: &Declined) -> &[Outcome] {
+    fn outcomes(
+        &mut self,
+        key: &OutcomeKey,
+        cv: &ChannelVersions,
+        declined: &Declined,
+    ) -> &[Outcome] {
         if self.generation != self.installed.generation {
             self.outcomes.clear();
             self.generation = self.installed.generation;
@@ -148,7 +153,14 @@ impl Numbered {
         let outcomes = self.outcomes.entry(key.clone()).or_default();
         for n in outcomes.len()..self.installed.len() {
             let p = self.installed.package(n as u32);
-            outcomes.push(outcome(&p.name, &p.architecture, &p.version, &key.channel, cv, declined));
+            outcomes.push(outcome(
+                &p.name,
+                &p.architecture,
+                &p.version,
+                &key.channel,
+                cv,
+                declined,
+            ));
         }
         outcomes
     }
@@ -226,7 +238,9 @@ impl Fleet {
     async fn load_inventories(&self, digests: impl Iterator<Item = &str>) -> Result<()> {
         let missing: Vec<&str> = {
             let numbered = self.pending.numbered.lock().expect("lock poisoned");
-            digests.filter(|d| numbered.installed.get(d).is_none()).collect()
+            digests
+                .filter(|d| numbered.installed.get(d).is_none())
+                .collect()
         };
         for digest in missing {
             let Some((gzip, _)) = self.store.inventory(digest).await? else {
@@ -249,7 +263,6 @@ impl Fleet {
         }
         Ok(())
     }
-
 
     /// Works out `work`: calls `each` once per channel with a published snapshot (in
     /// `versions`), under the lock (`each` only counts and copies).
@@ -310,10 +323,7 @@ impl Fleet {
     }
 
     /// The published channels' versions for the channels in `work`.
-    async fn versions_for<'a>(
-        &self,
-        work: &Work<'a>,
-    ) -> Result<HashMap<&'a str, ChannelVersions>> {
+    async fn versions_for<'a>(&self, work: &Work<'a>) -> Result<HashMap<&'a str, ChannelVersions>> {
         let mut versions = HashMap::new();
         for (channel, _) in work.keys() {
             if versions.contains_key(channel) {

@@ -57,6 +57,9 @@ struct Cli {
     /// Long-poll waits held open at the end (0 skips the phase).
     #[arg(long, default_value_t = 10_000)]
     waiters: usize,
+    /// Waits opened per second.
+    #[arg(long, default_value_t = 1000)]
+    wait_rate: u64,
 }
 
 struct Host {
@@ -179,7 +182,10 @@ async fn main() -> anyhow::Result<()> {
         times.push(t.elapsed());
         if times.len() == 1 {
             println!("pending_queue_rows {}", queue_rows(&queue));
-            println!("pending_queue_hosts {}", queue["hosts"].as_u64().unwrap_or(0));
+            println!(
+                "pending_queue_hosts {}",
+                queue["hosts"].as_u64().unwrap_or(0)
+            );
         }
     }
     // The first is cold (nothing computed yet); the others find the server's caches.
@@ -201,7 +207,12 @@ async fn main() -> anyhow::Result<()> {
         let waiters = cli.waiters.min(hosts.len());
         eprintln!("holding {waiters} long-poll waits");
         let mut held = Vec::with_capacity(waiters);
-        for host in hosts.iter().take(waiters) {
+        // Opened at `wait_rate` per second, as agents coming back after a restart (with their
+        // jitter) would, not all in one instant.
+        let interval = Duration::from_secs_f64(1.0 / cli.wait_rate as f64);
+        let start = tokio::time::Instant::now();
+        for (n, host) in hosts.iter().take(waiters).enumerate() {
+            tokio::time::sleep_until(start + interval * n as u32).await;
             let (client, base) = (client.clone(), base.clone());
             let path = format!("/api/v1/agent/wait?rev={}", i64::MAX / 2);
             let headers = sign(host, "GET", &path, b"");
@@ -221,6 +232,18 @@ async fn main() -> anyhow::Result<()> {
         // The last ones are accepted; give their requests time to be read and parked.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let early = held.iter().filter(|t| t.is_finished()).count();
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+        for task in held.iter_mut().filter(|t| t.is_finished()) {
+            let outcome = match task.await {
+                Ok(Ok(status)) => format!("answered {status}"),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(e) => format!("task failed: {e}"),
+            };
+            *why.entry(outcome).or_default() += 1;
+        }
+        for (outcome, n) in why {
+            eprintln!("{n} waits ended early: {outcome}");
+        }
         let connected = open_fds(cli.server_pid)?.saturating_sub(fds_before);
         let rss_with = rss_mib(cli.server_pid)?;
         println!("waits_answered_early {early}");
