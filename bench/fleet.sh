@@ -12,7 +12,8 @@
 #
 # Knobs: HOSTS (10000), RATE (check-ins/s, 200), CHECKIN_SECONDS (30), WAITERS (= HOSTS),
 # BACKENDS ("sqlite postgres"), PG_URL (postgres://postgres@127.0.0.1:5432),
-# WRITE_README (1).
+# WRITE_README (1), BUILD (1; 0 uses the binaries as they are), APTGATE (the server binary, to
+# compare builds).
 set -euo pipefail
 
 HOSTS=${HOSTS:-10000}
@@ -24,9 +25,11 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 WRITE_README=${WRITE_README:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-echo "== building aptgate and the load generator (release)" >&2
-(cd "$ROOT" && cargo build --release -q -p aptgate -p aptgate-tests)
-APTGATE="$ROOT/target/release/aptgate"
+if [ "${BUILD:-1}" = 1 ]; then
+  echo "== building aptgate and the load generator (release)" >&2
+  (cd "$ROOT" && cargo build --release -q -p aptgate -p aptgate-tests)
+fi
+APTGATE=${APTGATE:-"$ROOT/target/release/aptgate"}
 FIXTURE="$ROOT/target/release/aptgate-fixture"
 LOAD="$ROOT/target/release/aptgate-fleet-load"
 
@@ -52,16 +55,28 @@ wait_http() {
 }
 
 # One simulated host holds a connection per wait: the load generator needs a file descriptor
-# for each, and so does the server.
-ulimit -n 65536
+# for each, and so does the server. Raise the soft limit as far as the hard one allows (a
+# container may cap it below 65536 and withhold CAP_SYS_RESOURCE, even from root).
+want=$((WAITERS + 1024))
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then
+  ulimit -n 65536
+else
+  ulimit -n "$hard"
+fi
+if [ "$(ulimit -n)" -lt "$want" ]; then
+  echo "open-file limit $(ulimit -n) is below the $want that $WAITERS waits need" >&2
+  exit 1
+fi
 
 echo "== synthetic upstream: 1500 small packages (750 amd64), 10 % at a new version in next/" >&2
 "$FIXTURE" generate "$WORK/repo" --packages 1500 --next-percent 10 --large-mib 1 --medium-kib 64 \
   >"$WORK/generated.tsv"
 KEY=$(awk -F'\t' '$1 == "key" {print $2}' "$WORK/generated.tsv")
-# Installed on every simulated (amd64) host: the small amd64 packages at their first version.
+# Installed on every simulated (amd64) host: the small amd64 packages at their first version
+# (1.0-1; the list printed is the next state's, where the bumped ones are at 1.0-2).
 grep -P '^extra-\d+\t' "$WORK/generated.tsv" |
-  awk -F'\t' '$3 == "amd64" && !seen[$1]++ {print $1 "\t" $2 "\t" $3}' \
+  awk -F'\t' '$3 == "amd64" && !seen[$1]++ {print $1 "\t1.0-1\t" $3}' \
   >"$WORK/installed.tsv"
 ln -sfn "$WORK/repo/base" "$WORK/upstream"
 UP_PORT=$(free_port)
@@ -156,12 +171,15 @@ row() { # label key target
   row "server CPU per check-in, ms" server_cpu_ms_per_checkin ""
   row "fleet pending queue, first, ms" pending_queue_ms_first "≤ 1000"
   row "fleet pending queue, median of 3, ms" pending_queue_ms_median "≤ 1000"
-  row "pending queue rows" pending_queue_rows ""
+  row "pending queue: hosts" pending_queue_hosts ""
+  row "pending queue: awaiting groups" pending_queue_rows ""
   row "server RSS before the waits, MiB" server_rss_mib_before_waits ""
   row "server RSS with $WAITERS waits held, MiB" server_rss_mib_with_waits "≤ 300"
-  row "waits answered early (should be 0)" waits_answered_early "0"
+  row "RSS rise per held wait, KiB" server_kib_per_wait ""
+  row "waits the server holds a socket for" waits_connected "$WAITERS"
+  row "waits answered early" waits_answered_early "0"
   echo
-  echo "$HOSTS simulated hosts, $(wc -l <"$WORK/installed.tsv") packages each; $(nproc) cores; $(date -u +%F)."
+  echo "Run: \`bench/fleet.sh\` (HOSTS=$HOSTS RATE=$RATE CHECKIN_SECONDS=$CHECKIN_SECONDS WAITERS=$WAITERS) on $(date -u '+%F %H:%M') UTC, aptgate $(git -C "$ROOT" rev-parse --short HEAD): $HOSTS simulated hosts, $(wc -l <"$WORK/installed.tsv") packages each, $(nproc) cores shared by the server, the load generator and PostgreSQL (1-minute load average at the end: $(cut -d' ' -f1 /proc/loadavg))."
 } >"$WORK/table.md"
 cat "$WORK/table.md"
 

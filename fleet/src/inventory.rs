@@ -111,6 +111,7 @@ impl Fleet {
             .insert_inventory(&upload.digest, count as i64, &body, now())
             .await?;
         self.store.set_inventory(&host.id, &upload.digest).await?;
+        self.remember_inventory(&upload.digest, &upload.packages);
         Ok(InventoryAccepted {
             digest: upload.digest,
             packages: count,

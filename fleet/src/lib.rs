@@ -12,6 +12,7 @@
 //! | `waiters.rs` | agents' long-poll waits and what wakes them |
 //! | `selector.rs` | labels and label selectors |
 //! | `assignment.rs` | rules → a host's channel → its apt sources |
+//! | `installed.rs` | installed packages fleet-wide, numbered (the pending queue's input) |
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
 //! | `impact.rs` | what moving a channel would upgrade or leave behind on its hosts |
 //! | `profiles.rs` | package profiles: desired packages by label, merged per host; compliance |
@@ -24,6 +25,7 @@ mod auth;
 mod enroll;
 pub mod error;
 pub mod impact;
+mod installed;
 pub mod inventory;
 pub mod pending;
 pub mod profiles;

@@ -7,15 +7,17 @@
 //!   and the channel's, and nobody declined that version for the channel — an approval away.
 //!
 //! Versions compare in dpkg's order (`index::compare_versions`); nothing is read from apt's
-//! display text. Per-host results are cached by (inventory, both snapshots, declines), the
-//! version maps by snapshot, so the fleet queue over thousands of hosts is mostly lookups.
+//! display text. Inventories are held as numbered package versions (`installed.rs`); what is
+//! pending for each numbered version is worked out once per (channel, both snapshots,
+//! declines), so the fleet queue over thousands of hosts is a pass over small integers.
 
 use crate::assignment::pick;
 use crate::error::{FleetError, Result};
+use crate::installed::Installed;
 use crate::selector::Selector;
 use crate::store::{effective, Decline, HostRow};
 use crate::Fleet;
-use aptgate_agent::protocol::{InventoryUpload, Labels};
+use aptgate_agent::protocol::{InstalledPackage, InventoryUpload, Labels};
 use aptgate_channels::fleet_view::NewestVersions;
 use aptgate_channels::index::compare_versions;
 use serde::Serialize;
@@ -25,10 +27,11 @@ use std::sync::{Arc, Mutex};
 
 /// Version maps kept (one per snapshot a channel published recently).
 const VERSION_MAPS: usize = 16;
-/// Parsed inventories kept.
-const INVENTORIES: usize = 512;
-/// Per-host results kept.
-const RESULTS: usize = 200_000;
+/// Per-package outcomes kept (one per channel × snapshots × declines).
+const OUTCOMES: usize = 16;
+/// Tries to have every inventory a computation needs numbered at once (numbers are dropped
+/// when too many are held, possibly between loading and computing).
+const LOAD_TRIES: usize = 3;
 
 /// One update of one package on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -46,23 +49,38 @@ pub struct HostPending {
     pub awaiting: Vec<Update>,
 }
 
-/// Installed packages: (name, architecture) → version.
-pub(crate) type Installed = HashMap<(String, String), String>;
+/// One host's installed packages: (name, architecture) → version (profiles and impact read
+/// these; the queue works on the numbered form, `installed.rs`).
+pub(crate) type InstalledMap = HashMap<(String, String), String>;
 
 #[derive(Default)]
 pub struct PendingCache {
     versions: Mutex<HashMap<String, Arc<NewestVersions>>>,
-    inventories: Mutex<HashMap<String, Arc<Installed>>>,
-    results: Mutex<HashMap<ResultKey, Arc<HostPending>>>,
+    numbered: Mutex<Numbered>,
+}
+
+/// Numbered inventories, and what is pending for each number under each channel state.
+#[derive(Default)]
+struct Numbered {
+    installed: Installed,
+    /// Indexed by package number; valid for `installed.generation` = `generation`.
+    outcomes: HashMap<OutcomeKey, Vec<Outcome>>,
+    generation: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct ResultKey {
-    digest: String,
+struct OutcomeKey {
     channel: String,
     snapshot: String,
     upstream: Option<String>,
     declines: u64,
+}
+
+/// For one installed package version: the version it would go to, if any.
+#[derive(Clone, Default)]
+struct Outcome {
+    available: Option<Arc<str>>,
+    awaiting: Option<Arc<str>>,
 }
 
 /// One group of the fleet queue: a package going from one version to another on N hosts.
@@ -94,6 +112,89 @@ struct ChannelVersions {
 fn cap<K, V>(map: &mut HashMap<K, V>, max: usize) {
     if map.len() >= max {
         map.clear();
+    }
+}
+
+/// Hosts to work out, by channel and inventory: (channel, digest) → host ids.
+type Work<'a> = HashMap<(&'a str, &'a str), Vec<&'a str>>;
+
+/// One channel's share of the work, ready to count: what is pending for each package number,
+/// and each readable inventory with the hosts that have it.
+struct ChannelWork<'a> {
+    channel: &'a str,
+    outcomes: &'a [Outcome],
+    installed: &'a Installed,
+    inventories: Vec<(&'a [&'a str], Arc<[u32]>)>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Available,
+    Awaiting,
+}
+
+impl Outcome {
+    fn to(&self, kind: Kind) -> Option<&str> {
+        match kind {
+            Kind::Available => self.available.as_deref(),
+            Kind::Awaiting => self.awaiting.as_deref(),
+        }
+    }
+}
+
+impl Numbered {
+    /// What is pending for every numbered package under `key` (`cv`, `declined`).
+    fn outcomes(
+        &mut self,
+        key: &OutcomeKey,
+        cv: &ChannelVersions,
+        declined: &Declined,
+    ) -> &[Outcome] {
+        if self.generation != self.installed.generation {
+            self.outcomes.clear();
+            self.generation = self.installed.generation;
+        }
+        let outcomes = self.outcomes.entry(key.clone()).or_default();
+        for n in outcomes.len()..self.installed.len() {
+            let p = self.installed.package(n as u32);
+            outcomes.push(outcome(
+                &p.name,
+                &p.architecture,
+                &p.version,
+                &key.channel,
+                cv,
+                declined,
+            ));
+        }
+        outcomes
+    }
+}
+
+/// What is pending for `name` (`arch`) at `version` on a host assigned `channel`.
+fn outcome(
+    name: &str,
+    arch: &str,
+    version: &str,
+    channel: &str,
+    cv: &ChannelVersions,
+    declined: &Declined,
+) -> Outcome {
+    let key = (name.to_owned(), arch.to_owned());
+    let in_channel = cv.newest.get(&key);
+    let available = in_channel
+        .filter(|c| compare_versions(c, version).is_gt())
+        .map(|to| Arc::from(to.as_str()));
+    let awaiting = cv.upstream.as_ref().and_then(|(_, upstream)| {
+        let to = upstream.get(&key)?;
+        let newer_than_channel = in_channel.is_none_or(|c| compare_versions(to, c).is_gt());
+        (compare_versions(to, version).is_gt()
+            && newer_than_channel
+            && !declined.contains(channel, name, arch, to))
+        .then(|| Arc::from(to.as_str()))
+    });
+    Outcome {
+        available,
+        awaiting,
     }
 }
 
@@ -134,117 +235,133 @@ impl Fleet {
         }))
     }
 
-    /// The installed packages of a stored inventory (cached by digest).
-    pub(crate) async fn installed(&self, digest: &str) -> Result<Option<Arc<Installed>>> {
-        if let Some(i) = self
-            .pending
-            .inventories
-            .lock()
-            .expect("lock poisoned")
-            .get(digest)
-        {
-            return Ok(Some(i.clone()));
-        }
-        let Some((gzip, _)) = self.store.inventory(digest).await? else {
+    /// The installed packages of a stored inventory, from its numbered form (read and numbered
+    /// first if this server has not seen it yet).
+    pub(crate) async fn installed(&self, digest: &str) -> Result<Option<Arc<InstalledMap>>> {
+        self.load_inventories(std::iter::once(digest)).await?;
+        let numbered = self.pending.numbered.lock().expect("lock poisoned");
+        let Some(numbers) = numbered.installed.get(digest) else {
             return Ok(None);
         };
-        let installed = tokio::task::spawn_blocking(move || {
-            let mut json = Vec::new();
-            flate2::read::GzDecoder::new(gzip.as_slice())
-                .take(aptgate_agent::protocol::MAX_INVENTORY_BYTES as u64)
-                .read_to_end(&mut json)
-                .ok()?;
-            let upload: InventoryUpload = serde_json::from_slice(&json).ok()?;
-            Some(
-                upload
-                    .packages
-                    .into_iter()
-                    .filter(|p| p.status.rsplit(' ').next() == Some("installed"))
-                    .map(|p| ((p.name, p.architecture), p.version))
-                    .collect::<Installed>(),
-            )
-        })
-        .await
-        .expect("reading an inventory does not panic");
-        let Some(installed) = installed else {
-            tracing::warn!(digest, "stored inventory unreadable");
-            return Ok(None);
-        };
-        let installed = Arc::new(installed);
-        let mut cache = self.pending.inventories.lock().expect("lock poisoned");
-        cap(&mut cache, INVENTORIES);
-        cache.insert(digest.to_owned(), installed.clone());
-        Ok(Some(installed))
+        let map = numbers
+            .iter()
+            .map(|n| {
+                let p = numbered.installed.package(*n);
+                (
+                    (p.name.to_string(), p.architecture.to_string()),
+                    p.version.to_string(),
+                )
+            })
+            .collect();
+        Ok(Some(Arc::new(map)))
     }
 
-    /// What is pending on one host assigned `channel` (versions `cv`), given its inventory.
-    async fn pending_for(
+    /// Numbers an inventory the server just accepted, so the queue need not read it back.
+    pub(crate) fn remember_inventory(&self, digest: &str, packages: &[InstalledPackage]) {
+        let mut numbered = self.pending.numbered.lock().expect("lock poisoned");
+        numbered.installed.insert(digest, packages);
+    }
+
+    /// Reads and numbers the stored inventories among `digests` not numbered yet.
+    async fn load_inventories(&self, digests: impl Iterator<Item = &str>) -> Result<()> {
+        let missing: Vec<&str> = {
+            let numbered = self.pending.numbered.lock().expect("lock poisoned");
+            digests
+                .filter(|d| numbered.installed.get(d).is_none())
+                .collect()
+        };
+        for digest in missing {
+            let Some((gzip, _)) = self.store.inventory(digest).await? else {
+                continue;
+            };
+            let upload = tokio::task::spawn_blocking(move || {
+                let mut json = Vec::new();
+                flate2::read::GzDecoder::new(gzip.as_slice())
+                    .take(aptgate_agent::protocol::MAX_INVENTORY_BYTES as u64)
+                    .read_to_end(&mut json)
+                    .ok()?;
+                serde_json::from_slice::<InventoryUpload>(&json).ok()
+            })
+            .await
+            .expect("reading an inventory does not panic");
+            match upload {
+                Some(upload) => self.remember_inventory(digest, &upload.packages),
+                None => tracing::warn!(digest, "stored inventory unreadable"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Works out `work`: calls `each` once per channel with a published snapshot (in
+    /// `versions`), under the lock (`each` only counts and copies).
+    async fn with_outcomes(
         &self,
-        digest: &str,
-        channel: &str,
-        cv: &ChannelVersions,
+        work: &Work<'_>,
+        versions: &HashMap<&str, ChannelVersions>,
         declined: &Declined,
-    ) -> Result<Option<Arc<HostPending>>> {
-        let key = ResultKey {
-            digest: digest.to_owned(),
-            channel: channel.to_owned(),
-            snapshot: cv.snapshot.clone(),
-            upstream: cv.upstream.as_ref().map(|(s, _)| s.clone()),
-            declines: declined.generation,
-        };
-        if let Some(r) = self
-            .pending
-            .results
-            .lock()
-            .expect("lock poisoned")
-            .get(&key)
-        {
-            return Ok(Some(r.clone()));
-        }
-        let Some(installed) = self.installed(digest).await? else {
-            return Ok(None);
-        };
-        let mut result = HostPending {
-            channel: Some(channel.to_owned()),
-            ..HostPending::default()
-        };
-        for ((name, arch), version) in installed.iter() {
-            let key = (name.clone(), arch.clone());
-            let in_channel = cv.newest.get(&key);
-            if let Some(to) = in_channel.filter(|c| compare_versions(c, version).is_gt()) {
-                result.available.push(Update {
-                    name: name.clone(),
-                    architecture: arch.clone(),
-                    from: version.clone(),
-                    to: to.clone(),
+        mut each: impl FnMut(ChannelWork<'_>),
+    ) -> Result<()> {
+        let mut channels: Vec<&str> = versions.keys().copied().collect();
+        channels.sort_unstable();
+        for attempt in 1..=LOAD_TRIES {
+            self.load_inventories(work.keys().map(|(_, d)| *d)).await?;
+            let mut numbered = self.pending.numbered.lock().expect("lock poisoned");
+            let complete = work
+                .keys()
+                .all(|(_, d)| numbered.installed.get(d).is_some());
+            if !complete && attempt < LOAD_TRIES {
+                continue;
+            }
+            if numbered.outcomes.len() + channels.len() > OUTCOMES.max(channels.len()) {
+                numbered.outcomes.clear();
+            }
+            let keys: Vec<OutcomeKey> = channels
+                .iter()
+                .map(|channel| {
+                    let cv = &versions[channel];
+                    let key = OutcomeKey {
+                        channel: (*channel).to_owned(),
+                        snapshot: cv.snapshot.clone(),
+                        upstream: cv.upstream.as_ref().map(|(s, _)| s.clone()),
+                        declines: declined.generation,
+                    };
+                    numbered.outcomes(&key, cv, declined);
+                    key
+                })
+                .collect();
+            let numbered = &*numbered;
+            for (channel, key) in channels.iter().zip(&keys) {
+                let inventories = work
+                    .iter()
+                    .filter(|((c, _), _)| c == channel)
+                    .filter_map(|((_, digest), hosts)| {
+                        Some((hosts.as_slice(), numbered.installed.get(digest)?))
+                    })
+                    .collect();
+                each(ChannelWork {
+                    channel,
+                    outcomes: &numbered.outcomes[key],
+                    installed: &numbered.installed,
+                    inventories,
                 });
             }
-            let Some((_, upstream)) = &cv.upstream else {
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The published channels' versions for the channels in `work`.
+    async fn versions_for<'a>(&self, work: &Work<'a>) -> Result<HashMap<&'a str, ChannelVersions>> {
+        let mut versions = HashMap::new();
+        for (channel, _) in work.keys() {
+            if versions.contains_key(channel) {
                 continue;
-            };
-            let Some(to) = upstream.get(&key) else {
-                continue;
-            };
-            let newer_than_channel = in_channel.is_none_or(|c| compare_versions(to, c).is_gt());
-            if compare_versions(to, version).is_gt()
-                && newer_than_channel
-                && !declined.contains(channel, name, arch, to)
-            {
-                result.awaiting.push(Update {
-                    name: name.clone(),
-                    architecture: arch.clone(),
-                    from: version.clone(),
-                    to: to.clone(),
-                });
+            }
+            if let Some(cv) = self.channel_versions(channel).await? {
+                versions.insert(*channel, cv);
             }
         }
-        result.available.sort();
-        result.awaiting.sort();
-        let result = Arc::new(result);
-        let mut cache = self.pending.results.lock().expect("lock poisoned");
-        cap(&mut cache, RESULTS);
-        cache.insert(key, result.clone());
-        Ok(Some(result))
+        Ok(versions)
     }
 
     /// What is pending on one host; `None` when it is unassigned or has no inventory yet.
@@ -253,19 +370,8 @@ impl Fleet {
         host: &HostRow,
         labels: &Labels,
     ) -> Result<Option<Arc<HostPending>>> {
-        let Some(digest) = &host.inventory_digest else {
-            return Ok(None);
-        };
-        let rules = self.rules().await?;
-        let Some(rule) = pick(&rules, labels) else {
-            return Ok(None);
-        };
-        let Some(cv) = self.channel_versions(&rule.channel).await? else {
-            return Ok(None);
-        };
-        let declined = Declined::new(self.store.declines().await?);
-        self.pending_for(digest, &rule.channel, &cv, &declined)
-            .await
+        let mut pending = self.pending_of_hosts(&[(host, labels)]).await?;
+        Ok(pending.remove(&host.id).map(|(_, p)| p))
     }
 
     /// What is pending on each of `hosts` (those assigned a published channel and with an
@@ -276,29 +382,26 @@ impl Fleet {
     ) -> Result<HashMap<String, (String, Arc<HostPending>)>> {
         let rules = self.rules().await?;
         let declined = Declined::new(self.store.declines().await?);
-        let mut by_channel: HashMap<String, Option<ChannelVersions>> = HashMap::new();
-        let mut out = HashMap::new();
+        let mut work = Work::new();
         for (host, labels) in hosts {
-            let Some(rule) = pick(&rules, labels) else {
+            let (Some(rule), Some(digest)) = (pick(&rules, labels), &host.inventory_digest) else {
                 continue;
             };
-            let Some(digest) = &host.inventory_digest else {
-                continue;
-            };
-            if !by_channel.contains_key(&rule.channel) {
-                let cv = self.channel_versions(&rule.channel).await?;
-                by_channel.insert(rule.channel.clone(), cv);
-            }
-            let Some(cv) = &by_channel[&rule.channel] else {
-                continue;
-            };
-            if let Some(p) = self
-                .pending_for(digest, &rule.channel, cv, &declined)
-                .await?
-            {
-                out.insert(host.id.clone(), (rule.channel.clone(), p));
-            }
+            work.entry((rule.channel.as_str(), digest.as_str()))
+                .or_default()
+                .push(host.id.as_str());
         }
+        let versions = self.versions_for(&work).await?;
+        let mut out = HashMap::new();
+        self.with_outcomes(&work, &versions, &declined, |w| {
+            for (hosts, numbers) in &w.inventories {
+                let result = Arc::new(host_pending(&w, numbers));
+                for id in hosts.iter() {
+                    out.insert((*id).to_owned(), (w.channel.to_owned(), result.clone()));
+                }
+            }
+        })
+        .await?;
         Ok(out)
     }
 
@@ -308,46 +411,36 @@ impl Fleet {
         let hosts = self.store.hosts().await?;
         let mut labels = self.store.all_labels().await?;
         let rules = self.rules().await?;
+        let declined = Declined::new(self.store.declines().await?);
         let mut out = FleetPending::default();
-        let mut selected = Vec::new();
+        let mut work = Work::new();
         for host in hosts.iter().filter(|h| h.status == "active") {
             let host_labels = effective(&labels.remove(&host.id).unwrap_or_default());
             if !selector.matches(&host_labels) {
                 continue;
             }
             out.hosts += 1;
-            if pick(&rules, &host_labels).is_none() {
+            let Some(rule) = pick(&rules, &host_labels) else {
                 out.unassigned += 1;
-            }
-            selected.push((host, host_labels));
-        }
-        let refs: Vec<(&HostRow, &Labels)> = selected.iter().map(|(h, l)| (*h, l)).collect();
-        let pending = self.pending_of_hosts(&refs).await?;
-        out.without_inventory = out.hosts - out.unassigned - pending.len();
-        type Groups = HashMap<(String, String, String, String), usize>;
-        let (mut awaiting, mut available) = (Groups::new(), Groups::new());
-        for (channel, p) in pending.values() {
-            for (updates, groups) in [(&p.awaiting, &mut awaiting), (&p.available, &mut available)]
-            {
-                // A host counts once per (package, from, to), whatever its architectures.
-                let distinct: HashSet<(&str, &str, &str)> = updates
-                    .iter()
-                    .map(|u| (u.name.as_str(), u.from.as_str(), u.to.as_str()))
-                    .collect();
-                for (name, from, to) in distinct {
-                    *groups
-                        .entry((
-                            name.to_owned(),
-                            from.to_owned(),
-                            to.to_owned(),
-                            channel.clone(),
-                        ))
-                        .or_default() += 1;
-                }
+                continue;
+            };
+            if let Some(digest) = &host.inventory_digest {
+                work.entry((rule.channel.as_str(), digest.as_str()))
+                    .or_default()
+                    .push(host.id.as_str());
             }
         }
-        out.awaiting = groups(awaiting);
-        out.available = groups(available);
+        let versions = self.versions_for(&work).await?;
+        let mut counted = 0;
+        self.with_outcomes(&work, &versions, &declined, |w| {
+            counted += w.inventories.iter().map(|(h, _)| h.len()).sum::<usize>();
+            out.awaiting.extend(count_groups(&w, Kind::Awaiting));
+            out.available.extend(count_groups(&w, Kind::Available));
+        })
+        .await?;
+        out.without_inventory = out.hosts - out.unassigned - counted;
+        sort_groups(&mut out.awaiting);
+        sort_groups(&mut out.available);
         Ok(out)
     }
 
@@ -392,25 +485,97 @@ impl Fleet {
     }
 }
 
-fn groups(map: HashMap<(String, String, String, String), usize>) -> Vec<QueueGroup> {
-    let mut out: Vec<QueueGroup> = map
-        .into_iter()
-        .map(|((name, from, to, channel), hosts)| QueueGroup {
-            name,
-            from,
-            to,
-            channel,
-            hosts,
+/// What is pending on a host with inventory `numbers`.
+fn host_pending(w: &ChannelWork<'_>, numbers: &[u32]) -> HostPending {
+    let mut result = HostPending {
+        channel: Some(w.channel.to_owned()),
+        ..HostPending::default()
+    };
+    for &n in numbers {
+        let outcome = &w.outcomes[n as usize];
+        let p = w.installed.package(n);
+        let update = |to: &str| Update {
+            name: p.name.to_string(),
+            architecture: p.architecture.to_string(),
+            from: p.version.to_string(),
+            to: to.to_owned(),
+        };
+        if let Some(to) = outcome.to(Kind::Available) {
+            result.available.push(update(to));
+        }
+        if let Some(to) = outcome.to(Kind::Awaiting) {
+            result.awaiting.push(update(to));
+        }
+    }
+    result.available.sort();
+    result.awaiting.sort();
+    result
+}
+
+/// The queue groups of one channel for one kind of update: each (package, from, to) with the
+/// hosts that have it. Every package number with an update gets a group number first, so
+/// counting a host is a pass over small integers; a host counts once per group, whatever its
+/// architectures.
+fn count_groups(w: &ChannelWork<'_>, kind: Kind) -> Vec<QueueGroup> {
+    const NONE: u32 = u32::MAX;
+    let mut index: HashMap<(&str, &str, &str), u32> = HashMap::new();
+    let mut keys: Vec<(&str, &str, &str)> = Vec::new();
+    let group_of: Vec<u32> = w
+        .outcomes
+        .iter()
+        .enumerate()
+        .map(|(n, outcome)| {
+            let Some(to) = outcome.to(kind) else {
+                return NONE;
+            };
+            let p = w.installed.package(n as u32);
+            *index
+                .entry((&*p.name, &*p.version, to))
+                .or_insert_with_key(|key| {
+                    keys.push(*key);
+                    (keys.len() - 1) as u32
+                })
         })
         .collect();
-    out.sort_by(|a, b| {
+    let mut hosts = vec![0usize; keys.len()];
+    let mut groups: Vec<u32> = Vec::new();
+    for (ids, numbers) in &w.inventories {
+        groups.clear();
+        groups.extend(
+            numbers
+                .iter()
+                .map(|&n| group_of[n as usize])
+                .filter(|&g| g != NONE),
+        );
+        groups.sort_unstable();
+        groups.dedup();
+        for &g in &groups {
+            hosts[g as usize] += ids.len();
+        }
+    }
+    keys.into_iter()
+        .zip(hosts)
+        .filter(|(_, hosts)| *hosts > 0)
+        .map(|((name, from, to), hosts)| QueueGroup {
+            name: name.to_owned(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            channel: w.channel.to_owned(),
+            hosts,
+        })
+        .collect()
+}
+
+/// Most hosts first, then by package and versions (dpkg order).
+fn sort_groups(groups: &mut [QueueGroup]) {
+    groups.sort_by(|a, b| {
         b.hosts
             .cmp(&a.hosts)
             .then_with(|| a.name.cmp(&b.name))
             .then_with(|| compare_versions(&a.from, &b.from))
             .then_with(|| compare_versions(&a.to, &b.to))
+            .then_with(|| a.channel.cmp(&b.channel))
     });
-    out
 }
 
 /// Declined versions, with a fingerprint of the set (part of the cache key).

@@ -57,6 +57,9 @@ struct Cli {
     /// Long-poll waits held open at the end (0 skips the phase).
     #[arg(long, default_value_t = 10_000)]
     waiters: usize,
+    /// Waits opened per second.
+    #[arg(long, default_value_t = 1000)]
+    wait_rate: u64,
 }
 
 struct Host {
@@ -69,10 +72,7 @@ struct Host {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::MAX)
-        .timeout(Duration::from_secs(600))
-        .build()?;
+    let client = http_client()?;
     let base = cli.server.trim_end_matches('/').to_owned();
     let packages = read_packages(&cli.packages, cli.installed)?;
 
@@ -182,24 +182,37 @@ async fn main() -> anyhow::Result<()> {
         times.push(t.elapsed());
         if times.len() == 1 {
             println!("pending_queue_rows {}", queue_rows(&queue));
+            println!(
+                "pending_queue_hosts {}",
+                queue["hosts"].as_u64().unwrap_or(0)
+            );
         }
     }
-    times.sort();
+    // The first is cold (nothing computed yet); the others find the server's caches.
     println!("pending_queue_ms_first {:.0}", times[0].as_secs_f64() * 1e3);
+    times.sort();
     println!(
         "pending_queue_ms_median {:.0}",
         times[1].as_secs_f64() * 1e3
     );
-    println!(
-        "server_rss_mib_before_waits {:.0}",
-        rss_mib(cli.server_pid)?
-    );
+    // Drop the load phase's idle keep-alive connections, so the waits are counted alone.
+    drop(client);
+    let client = http_client()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_mib(cli.server_pid)?;
+    let fds_before = open_fds(cli.server_pid)?;
+    println!("server_rss_mib_before_waits {rss_before:.0}");
 
     if cli.waiters > 0 {
         let waiters = cli.waiters.min(hosts.len());
         eprintln!("holding {waiters} long-poll waits");
         let mut held = Vec::with_capacity(waiters);
-        for host in hosts.iter().take(waiters) {
+        // Opened at `wait_rate` per second, as agents coming back after a restart (with their
+        // jitter) would, not all in one instant.
+        let interval = Duration::from_secs_f64(1.0 / cli.wait_rate as f64);
+        let start = tokio::time::Instant::now();
+        for (n, host) in hosts.iter().take(waiters).enumerate() {
+            tokio::time::sleep_until(start + interval * n as u32).await;
             let (client, base) = (client.clone(), base.clone());
             let path = format!("/api/v1/agent/wait?rev={}", i64::MAX / 2);
             let headers = sign(host, "GET", &path, b"");
@@ -211,16 +224,47 @@ async fn main() -> anyhow::Result<()> {
                 request.send().await.map(|r| r.status())
             }));
         }
-        // Let every connection reach the server and park.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Let every connection reach the server and park: the server holds a socket per wait.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while open_fds(cli.server_pid)? < fds_before + waiters && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The last ones are accepted; give their requests time to be read and parked.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let early = held.iter().filter(|t| t.is_finished()).count();
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+        for task in held.iter_mut().filter(|t| t.is_finished()) {
+            let outcome = match task.await {
+                Ok(Ok(status)) => format!("answered {status}"),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(e) => format!("task failed: {e}"),
+            };
+            *why.entry(outcome).or_default() += 1;
+        }
+        for (outcome, n) in why {
+            eprintln!("{n} waits ended early: {outcome}");
+        }
+        let connected = open_fds(cli.server_pid)?.saturating_sub(fds_before);
+        let rss_with = rss_mib(cli.server_pid)?;
         println!("waits_answered_early {early}");
-        println!("server_rss_mib_with_waits {:.0}", rss_mib(cli.server_pid)?);
+        println!("waits_connected {connected}");
+        println!("server_rss_mib_with_waits {rss_with:.0}");
+        println!(
+            "server_kib_per_wait {:.1}",
+            (rss_with - rss_before) * 1024.0 / waiters as f64
+        );
         for task in held {
             task.abort();
         }
     }
     Ok(())
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(600))
+        .build()?)
 }
 
 fn read_packages(
@@ -433,6 +477,11 @@ fn clock_ticks_per_sec() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Open file descriptors of a process (its sockets, among others).
+fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(fs_err::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
