@@ -85,6 +85,21 @@ impl From<FleetError> for ApiError {
                 message,
             } => ApiError::new(status, code, message),
             FleetError::Channels(e) => e.into(),
+            FleetError::Db { what, ref source }
+                if aptgate_channels::catalog::is_unavailable(source) =>
+            {
+                // Many agents at once (reconnecting after a restart) can exhaust the pool: a
+                // 503 with Retry-After makes them back off instead of failing.
+                tracing::warn!(error = %e, "fleet request: catalog unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "catalog_unavailable",
+                    format!(
+                        "the catalog database is busy or cannot be reached ({what})\nhint: \
+                         retry later; agents back off by themselves"
+                    ),
+                )
+            }
             FleetError::Db { .. } | FleetError::Migrate(_) | FleetError::Config(_) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "fleet request failed");
                 ApiError::new(

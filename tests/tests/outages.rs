@@ -100,6 +100,12 @@ async fn channels_keep_serving_apt_while_the_catalog_is_down_and_recover_without
     );
     let before = client().get(&snapshot_url).send().await.unwrap();
     let before = before.error_for_status().unwrap().bytes().await.unwrap();
+    // A host enrolled before the outage.
+    let fleet_admin = aptgate_tests::fleet::Admin::new(&s.app.url, s.app.data_dir());
+    let enroll_token = fleet_admin.token(serde_json::json!({})).await;
+    let mut agent =
+        aptgate_tests::fleet::TestAgent::new(&s.app.url, "pos-1.example.org", Default::default());
+    agent.enroll(&enroll_token).await;
 
     proxy.cut();
     // Past the channel cache's lifetime: serving has to do without the catalog.
@@ -139,6 +145,20 @@ async fn channels_keep_serving_apt_while_the_catalog_is_down_and_recover_without
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let promoted = s.promote(&[]).await.unwrap_err();
     assert_eq!(promoted.code(), "catalog_unavailable", "{promoted}");
+    // So do the fleet's routes: agents get a 503 they retry after, not a 500.
+    let (status, body, _) = admin_get(&s.app.url, &token, "fleet/hosts").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("catalog_unavailable")),
+        "{body}"
+    );
+    let checkin = agent.try_checkin(&agent.checkin_request(None)).await;
+    assert_eq!(
+        (checkin.status, checkin.code()),
+        (503, "catalog_unavailable"),
+        "{}",
+        checkin.body
+    );
 
     // The database comes back: everything works again, no restart.
     proxy.restore();

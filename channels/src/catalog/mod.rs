@@ -523,6 +523,12 @@ enum Failure {
     Other,
 }
 
+/// Whether a database error means the database is unreachable or its pool exhausted for now
+/// (worth a 503 and a retry), for crates that query the catalog's pool themselves (`fleet`).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(classify(e), Failure::Unavailable)
+}
+
 /// Tells a database that went away (worth a 503 and a retry) and a full disk from a query
 /// that is wrong.
 fn classify(e: &sqlx::Error) -> Failure {
