@@ -23,3 +23,152 @@ pub fn agent_command() -> std::process::Command {
     }
     cmd
 }
+
+/// One simulated machine for end-to-end fleet tests: an apt/dpkg root and the agent's state
+/// directory, with `aptgate-agent run` as a real process once started (killed when dropped).
+pub struct Machine {
+    pub name: String,
+    pub root: std::path::PathBuf,
+    pub state: std::path::PathBuf,
+    agent: Option<std::process::Child>,
+}
+
+impl Machine {
+    /// A machine named `name` under `dir`, with an empty dpkg database and its own machine-id.
+    pub fn new(dir: &std::path::Path, name: &str) -> Machine {
+        let root = dir.join(name).join("root");
+        crate::apt::AptRoot::new(&root).unwrap();
+        fs_err::write(root.join("etc/machine-id"), format!("{name}-machine-id\n")).unwrap();
+        Machine {
+            name: name.into(),
+            root,
+            state: dir.join(name).join("state"),
+            agent: None,
+        }
+    }
+
+    /// The agent binary with this machine's state dir, root and (absent) config file.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = agent_command();
+        cmd.arg("--state-dir")
+            .arg(&self.state)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(self.state.with_file_name("agent.toml"));
+        cmd
+    }
+
+    pub fn enroll(&self, server: &str, token: &str, label: &str) {
+        let out = self
+            .command()
+            .args([
+                "enroll", "--server", server, "--token", token, "--label", label,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts `aptgate-agent run`, logging to `agent.log` beside the state dir.
+    pub fn start(&mut self) {
+        let log = fs_err::File::create(self.state.with_file_name("agent.log"))
+            .unwrap()
+            .into_parts()
+            .0;
+        self.agent = Some(
+            self.command()
+                .arg("run")
+                .env("APTGATE_AGENT_LOG", "debug,hyper_util=info,reqwest=info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    pub fn enroll_and_start(&mut self, server: &str, token: &str, label: &str) {
+        self.enroll(server, token, label);
+        self.start();
+    }
+
+    pub fn log(&self) -> String {
+        fs_err::read_to_string(self.state.with_file_name("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's `state.json`.
+    pub fn agent_state(&self) -> serde_json::Value {
+        serde_json::from_str(&fs_err::read_to_string(self.state.join("state.json")).unwrap())
+            .unwrap()
+    }
+
+    pub fn host_id(&self) -> String {
+        self.agent_state()["host_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The version of `package` in this root's dpkg database, if installed.
+    pub fn installed(&self, package: &str) -> Option<String> {
+        let out = std::process::Command::new("dpkg-query")
+            .arg(format!("--admindir={}", self.admindir().display()))
+            .args(["-W", "-f", "${Status}\t${Version}", package])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, version) = text.split_once('\t')?;
+        (status == "install ok installed").then(|| version.to_owned())
+    }
+
+    /// The aptgate source the agent wrote ("" if none).
+    pub fn sources(&self) -> String {
+        fs_err::read_to_string(self.root.join("etc/apt/sources.list.d/aptgate.sources"))
+            .unwrap_or_default()
+    }
+
+    fn admindir(&self) -> std::path::PathBuf {
+        self.root.join("var/lib/dpkg")
+    }
+
+    /// The end of the agent's log and `dpkg -l` of its root: what a failing test shows.
+    pub fn report(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let dpkg = std::process::Command::new("dpkg-query")
+            .arg(format!("--admindir={}", self.admindir().display()))
+            .arg("-l")
+            .output()
+            .unwrap();
+        format!(
+            "--- {}\n{}\n{}{}",
+            self.name,
+            lines[lines.len().saturating_sub(30)..].join("\n"),
+            String::from_utf8_lossy(&dpkg.stdout),
+            String::from_utf8_lossy(&dpkg.stderr)
+        )
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (up to a minute) until `check` holds; on timeout, fails with every machine's report.
+pub async fn until(what: &str, machines: &[Machine], mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            let reports: Vec<String> = machines.iter().map(Machine::report).collect();
+            panic!("timed out waiting for {what}\n{}", reports.join("\n"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -6,147 +6,16 @@
 //! a loop; compliance is computed from the inventories; bad input is refused with a 400.
 
 use aptgate_config::{SourceConfig, SourceKind};
-use aptgate_tests::agent::agent_command;
+use aptgate_tests::agent::{until, Machine};
 use aptgate_tests::app::client;
-use aptgate_tests::apt::AptRoot;
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::{cli, parts, Setup};
 use aptgate_tests::db::Backend;
 use aptgate_tests::fixture::{build_package, FixtureSpec, PackageSpec};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 both_backends!(profiles_converge_hosts_by_label_and_report_compliance);
-
-/// One simulated machine: an apt/dpkg root and the agent's state directory, the agent running
-/// as a real process (killed when dropped).
-struct Machine {
-    name: String,
-    root: PathBuf,
-    state: PathBuf,
-    agent: Option<Child>,
-}
-
-impl Machine {
-    fn new(dir: &Path, name: &str) -> Machine {
-        let root = dir.join(name).join("root");
-        AptRoot::new(&root).unwrap();
-        fs_err::write(root.join("etc/machine-id"), format!("{name}-machine-id\n")).unwrap();
-        Machine {
-            name: name.into(),
-            root,
-            state: dir.join(name).join("state"),
-            agent: None,
-        }
-    }
-
-    fn command(&self) -> std::process::Command {
-        let mut cmd = agent_command();
-        cmd.arg("--state-dir")
-            .arg(&self.state)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--config")
-            .arg(self.state.with_file_name("agent.toml"));
-        cmd
-    }
-
-    fn enroll_and_start(&mut self, server: &str, token: &str, label: &str) {
-        let out = self
-            .command()
-            .args([
-                "enroll", "--server", server, "--token", token, "--label", label,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = fs_err::File::create(self.state.with_file_name("agent.log"))
-            .unwrap()
-            .into_parts()
-            .0;
-        self.agent = Some(
-            self.command()
-                .arg("run")
-                .env("APTGATE_AGENT_LOG", "debug,hyper_util=info,reqwest=info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn log(&self) -> String {
-        fs_err::read_to_string(self.state.with_file_name("agent.log")).unwrap_or_default()
-    }
-
-    fn agent_state(&self) -> Value {
-        serde_json::from_str(&fs_err::read_to_string(self.state.join("state.json")).unwrap())
-            .unwrap()
-    }
-
-    fn host_id(&self) -> String {
-        self.agent_state()["host_id"].as_str().unwrap().to_owned()
-    }
-
-    /// The version of `package` in this root's dpkg database, if installed.
-    fn installed(&self, package: &str) -> Option<String> {
-        let out = std::process::Command::new("dpkg-query")
-            .arg(format!(
-                "--admindir={}",
-                self.root.join("var/lib/dpkg").display()
-            ))
-            .args(["-W", "-f", "${Status}\t${Version}", package])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (status, version) = text.split_once('\t')?;
-        (status == "install ok installed").then(|| version.to_owned())
-    }
-
-    fn sources(&self) -> String {
-        fs_err::read_to_string(self.root.join("etc/apt/sources.list.d/aptgate.sources"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits (up to a minute) until `check` holds; on timeout, fails with the agents' logs.
-async fn until(what: &str, machines: &[Machine], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = machines
-                .iter()
-                .map(|m| {
-                    let log = m.log();
-                    let lines: Vec<&str> = log.lines().collect();
-                    format!(
-                        "--- {}\n{}",
-                        m.name,
-                        lines[lines.len().saturating_sub(30)..].join("\n")
-                    )
-                })
-                .collect();
-            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn json_cli(s: &Setup, token: &str, args: &[&str]) -> Value {
     let out = cli(s, token, args).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}"));
