@@ -82,6 +82,12 @@ fn entry(
     }
 }
 
+/// `?comment=` on a DELETE: why, for the audit log.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct CommentQuery {
+    pub comment: Option<String>,
+}
+
 /// Appends one audit entry on its own.
 async fn audit_alone(fleet: &Fleet, e: &NewAuditEntry) -> Result<(), FleetError> {
     let mut conn = fleet

@@ -118,16 +118,11 @@ pub(super) async fn add(
     Ok(Json(json!({"added": body.name})))
 }
 
-#[derive(Deserialize, Default)]
-pub(super) struct RemoveQuery {
-    comment: Option<String>,
-}
-
 pub(super) async fn remove(
     State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Query(q): Query<RemoveQuery>,
+    Query(q): Query<CommentQuery>,
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, q.comment)?;
     let rules = fleet.reload_rules().await?;
