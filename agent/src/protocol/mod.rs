@@ -9,6 +9,7 @@
 //! | `POST /api/v1/agent/checkin` | [`CheckinRequest`] → [`CheckinResponse`] |
 //! | `PUT /api/v1/agent/inventory` | [`InventoryUpload`], JSON, `Content-Encoding: gzip` → [`InventoryAccepted`] |
 //! | `GET /api/v1/agent/wait?rev=N` | → [`WaitResponse`] when the host's revision passes `N`, or after `wait_secs` |
+//! | `POST /api/v1/agent/run/plan`, `…/lease/acquire`, `…/lease/report` | rolling upgrades: see [`rollout`] |
 //!
 //! Every request carries the four [`headers`]: the host id (empty at enrollment), a unix
 //! timestamp, a random nonce and an Ed25519 signature over [`signing_string`]. The server
@@ -17,6 +18,8 @@
 //!
 //! Unknown fields are ignored on both sides (serde's default), so later issues can add runs
 //! and leases (`run` in the check-in) without breaking older agents.
+
+pub mod rollout;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -239,7 +242,8 @@ pub struct CheckinRequest {
     /// Results of commands run since the last check-in.
     #[serde(default)]
     pub results: Vec<CommandResult>,
-    /// Reserved for rolling upgrades (the run in progress, its step and lease fence).
+    /// Reserved for rolling upgrades; the run's progress goes to the lease calls
+    /// ([`rollout`]), not here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<serde_json::Value>,
     /// How the host stands against the package profiles it was last given (added after
