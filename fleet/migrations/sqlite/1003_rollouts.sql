@@ -20,7 +20,8 @@ CREATE TABLE rollout_groups (
     created_at              BIGINT NOT NULL,
     -- the last fence handed out; fences only grow
     last_fence              BIGINT NOT NULL,
-    -- failures and releases since then make up the current wave
+    -- the current wave (a resume starts the next) and when it began
+    wave                    BIGINT NOT NULL,
     wave_started_at         BIGINT NOT NULL
 );
 
@@ -44,6 +45,8 @@ CREATE TABLE rollout_leases (
     released_at BIGINT,
     -- 'agent', 'expired', 'superseded', or the admin who released the slot
     released_by TEXT,
+    -- the group's wave when the lease was granted, failed or released last
+    wave        BIGINT NOT NULL,
     PRIMARY KEY (host_id, run_id),
     UNIQUE (group_name, fence)
 );
@@ -53,6 +56,8 @@ CREATE TABLE rollout_waiters (
     group_name     TEXT NOT NULL,
     host_id        TEXT NOT NULL REFERENCES hosts (id),
     run_id         TEXT NOT NULL,
+    -- the place in line: one more than the last ticket of the group when it first asked
+    ticket         BIGINT NOT NULL,
     first_asked_at BIGINT NOT NULL,
     last_asked_at  BIGINT NOT NULL,
     PRIMARY KEY (group_name, host_id)

@@ -180,7 +180,9 @@ pub(super) async fn release(
     };
     for lease in held {
         let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
-        Store::lock_group(&mut tx, &lease.group_name).await?;
+        let Some(group) = Store::lock_group(&mut tx, &lease.group_name).await? else {
+            continue;
+        };
         // Read again under the group's lock.
         let Some(lease) = Store::lease(&mut tx, &lease.host_id, &lease.run_id).await? else {
             continue;
@@ -194,6 +196,7 @@ pub(super) async fn release(
             since: now,
             released_at: Some(now),
             released_by: Some(actor.name.clone()),
+            wave: group.wave,
             ..lease
         };
         Store::update_lease(&mut tx, &next).await?;

@@ -32,7 +32,8 @@ pub struct Group {
     pub created_at: i64,
     #[serde(skip)]
     pub last_fence: i64,
-    /// When the current wave began (unix seconds).
+    /// The current wave (a resume starts the next) and when it began (unix seconds).
+    pub wave: i64,
     pub wave_started_at: i64,
 }
 
@@ -99,6 +100,7 @@ impl Group {
             created_by: by.to_owned(),
             created_at: now,
             last_fence: 0,
+            wave: 1,
             wave_started_at: now,
         })
     }
@@ -124,6 +126,7 @@ impl Group {
             created_by: r.created_by.clone(),
             created_at: r.created_at,
             last_fence: r.last_fence,
+            wave: r.wave,
             wave_started_at: r.wave_started_at,
         })
     }
@@ -144,6 +147,7 @@ impl Group {
             created_by: self.created_by.clone(),
             created_at: self.created_at,
             last_fence: self.last_fence,
+            wave: self.wave,
             wave_started_at: self.wave_started_at,
         }
     }

@@ -183,6 +183,7 @@ impl Fleet {
                 since: now,
                 released_at: Some(now),
                 released_by: Some("superseded".into()),
+                wave: group.wave,
                 detail: Some(format!("superseded by run {}", req.run_id)),
                 ..old
             };
@@ -202,7 +203,7 @@ impl Fleet {
         let (open, opens_at) = group.window(now);
         let reason = if group.paused {
             Some(WaitReason::Paused)
-        } else if Store::failures_since(&mut tx, &group.name, group.wave_started_at).await?
+        } else if Store::failures_in_wave(&mut tx, &group.name, group.wave).await?
             >= i64::from(group.failure_budget)
         {
             Some(WaitReason::FailureBudgetSpent)
@@ -247,6 +248,7 @@ impl Fleet {
             failed_at: None,
             released_at: None,
             released_by: None,
+            wave: group.wave,
         };
         Store::put_lease(&mut tx, &lease).await?;
         Store::drop_waiter(&mut tx, &host.id).await?;
@@ -323,12 +325,9 @@ impl Fleet {
         let Some(found) = Store::lease(&mut tx, &host.id, &req.run_id).await? else {
             return Err(not_held());
         };
-        if Store::lock_group(&mut tx, &found.group_name)
-            .await?
-            .is_none()
-        {
+        let Some(group) = Store::lock_group(&mut tx, &found.group_name).await? else {
             return Err(not_held());
-        }
+        };
         // Read again under the lock: a concurrent release may have changed it.
         let lease = Store::lease(&mut tx, &host.id, &req.run_id)
             .await?
@@ -367,6 +366,7 @@ impl Fleet {
         }
         if to != from {
             next.since = now;
+            next.wave = group.wave;
             if to == HolderState::Failed {
                 next.failed_at = Some(now);
             }

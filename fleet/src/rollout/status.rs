@@ -1,7 +1,6 @@
 //! A group's wave as admins see it (`aptgate rollout status GROUP`): the settings, whether the
 //! window is open, the hosts done in this wave, those in progress, failed, stuck, and the line
-//! of waiters. The wave is every lease released or failed since the group's last resume (or
-//! its creation).
+//! of waiters. A wave runs from the group's creation or last resume to the next resume.
 
 use super::group::Group;
 use crate::error::{db, FleetError, Result};
@@ -86,8 +85,8 @@ impl Fleet {
         let group = Group::from_row(&row)?;
         self.sweep_stuck(&mut tx, &group, now).await?;
         let holders = Store::holders(&mut tx, name).await?;
-        let wave = Store::wave_leases(&mut tx, name, group.wave_started_at).await?;
-        let failures = Store::failures_since(&mut tx, name, group.wave_started_at).await?;
+        let wave = Store::wave_leases(&mut tx, name, group.wave).await?;
+        let failures = Store::failures_in_wave(&mut tx, name, group.wave).await?;
         let ttl = super::lease::waiter_ttl(self.rollout.retry_secs);
         let line = Store::waiters(&mut tx, name, now - ttl).await?;
         tx.commit().await.map_err(db("commit"))?;

@@ -93,6 +93,7 @@ impl Fleet {
                     state: HolderState::Released.as_str().into(),
                     released_at: Some(now),
                     released_by: Some("expired".into()),
+                    wave: group.wave,
                     ..marked
                 };
                 Store::update_lease(conn, &released).await?;

@@ -21,12 +21,13 @@ pub struct GroupRow {
     pub created_by: String,
     pub created_at: i64,
     pub last_fence: i64,
+    pub wave: i64,
     pub wave_started_at: i64,
 }
 
 const GROUP_COLUMNS: &str = "name, selector, max_concurrent, failure_budget, windows, \
      reboot_grace_secs, heartbeat_deadline_secs, expire_stuck, paused, origin, created_by, \
-     created_at, last_fence, wave_started_at";
+     created_at, last_fence, wave, wave_started_at";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct LeaseRow {
@@ -45,10 +46,11 @@ pub struct LeaseRow {
     pub failed_at: Option<i64>,
     pub released_at: Option<i64>,
     pub released_by: Option<String>,
+    pub wave: i64,
 }
 
 const LEASE_COLUMNS: &str = "host_id, run_id, group_name, fence, state, step, detail, snapshot, \
-     hooks, acquired_at, since, last_seen, failed_at, released_at, released_by";
+     hooks, acquired_at, since, last_seen, failed_at, released_at, released_by, wave";
 
 /// The states that hold a slot.
 pub const HOLDING: &str = "('acquired', 'updating', 'rebooting', 'verifying', 'failed', 'stuck')";
@@ -58,6 +60,7 @@ pub struct WaiterRow {
     pub group_name: String,
     pub host_id: String,
     pub run_id: String,
+    pub ticket: i64,
     pub first_asked_at: i64,
     pub last_asked_at: i64,
 }
@@ -108,7 +111,7 @@ impl Store {
     pub async fn insert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool> {
         let done = sqlx::query(&format!(
             "INSERT INTO rollout_groups ({GROUP_COLUMNS}) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (name) DO NOTHING"
+             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (name) DO NOTHING"
         ))
         .bind(&g.name)
         .bind(&g.selector)
@@ -123,6 +126,7 @@ impl Store {
         .bind(&g.created_by)
         .bind(g.created_at)
         .bind(g.last_fence)
+        .bind(g.wave)
         .bind(g.wave_started_at)
         .execute(conn)
         .await
@@ -183,14 +187,16 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a new wave: failures and releases before `now` no longer count.
+    /// Starts a new wave: earlier failures and releases no longer count.
     pub async fn start_wave(conn: &mut AnyConnection, name: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE rollout_groups SET wave_started_at = $2 WHERE name = $1")
-            .bind(name)
-            .bind(now)
-            .execute(conn)
-            .await
-            .map_err(db("start rollout wave"))?;
+        sqlx::query(
+            "UPDATE rollout_groups SET wave = wave + 1, wave_started_at = $2 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map_err(db("start rollout wave"))?;
         Ok(())
     }
 
@@ -246,30 +252,31 @@ impl Store {
         .map_err(db("list host leases"))
     }
 
-    /// Leases of a group released or failed since `since` (the wave), newest first.
+    /// Leases of a group released in `wave`, newest first.
     pub async fn wave_leases(
         conn: &mut AnyConnection,
         group: &str,
-        since: i64,
+        wave: i64,
     ) -> Result<Vec<LeaseRow>> {
         sqlx::query_as(&format!(
             "SELECT {LEASE_COLUMNS} FROM rollout_leases WHERE group_name = $1 AND \
-             state = 'released' AND (released_at >= $2 OR failed_at >= $2) ORDER BY fence DESC"
+             state = 'released' AND wave = $2 ORDER BY fence DESC"
         ))
         .bind(group)
-        .bind(since)
+        .bind(wave)
         .fetch_all(conn)
         .await
         .map_err(db("list wave leases"))
     }
 
-    /// How many hosts of a group failed since `since`.
-    pub async fn failures_since(conn: &mut AnyConnection, group: &str, since: i64) -> Result<i64> {
+    /// How many hosts of a group failed in `wave`.
+    pub async fn failures_in_wave(conn: &mut AnyConnection, group: &str, wave: i64) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM rollout_leases WHERE group_name = $1 AND failed_at >= $2",
+            "SELECT COUNT(*) FROM rollout_leases WHERE group_name = $1 AND \
+             failed_at IS NOT NULL AND wave = $2",
         )
         .bind(group)
-        .bind(since)
+        .bind(wave)
         .fetch_one(conn)
         .await
         .map_err(db("count failures"))?;
@@ -280,10 +287,10 @@ impl Store {
     pub async fn put_lease(conn: &mut AnyConnection, l: &LeaseRow) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO rollout_leases ({LEASE_COLUMNS}) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (host_id, run_id) \
-             DO UPDATE SET group_name = $3, fence = $4, state = $5, step = $6, detail = $7, \
-             snapshot = $8, hooks = $9, acquired_at = $10, since = $11, last_seen = $12, \
-             failed_at = $13, released_at = $14, released_by = $15"
+             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) ON CONFLICT \
+             (host_id, run_id) DO UPDATE SET group_name = $3, fence = $4, state = $5, step = $6, \
+             detail = $7, snapshot = $8, hooks = $9, acquired_at = $10, since = $11, \
+             last_seen = $12, failed_at = $13, released_at = $14, released_by = $15, wave = $16"
         ))
         .bind(&l.host_id)
         .bind(&l.run_id)
@@ -300,6 +307,7 @@ impl Store {
         .bind(l.failed_at)
         .bind(l.released_at)
         .bind(l.released_by.as_deref())
+        .bind(l.wave)
         .execute(conn)
         .await
         .map_err(db("write lease"))?;
@@ -310,8 +318,8 @@ impl Store {
     pub async fn update_lease(conn: &mut AnyConnection, l: &LeaseRow) -> Result<()> {
         sqlx::query(
             "UPDATE rollout_leases SET state = $3, step = $4, detail = $5, hooks = $6, \
-             since = $7, last_seen = $8, failed_at = $9, released_at = $10, released_by = $11 \
-             WHERE host_id = $1 AND run_id = $2",
+             since = $7, last_seen = $8, failed_at = $9, released_at = $10, released_by = $11, \
+             wave = $12 WHERE host_id = $1 AND run_id = $2",
         )
         .bind(&l.host_id)
         .bind(&l.run_id)
@@ -324,6 +332,7 @@ impl Store {
         .bind(l.failed_at)
         .bind(l.released_at)
         .bind(l.released_by.as_deref())
+        .bind(l.wave)
         .execute(conn)
         .await
         .map_err(db("update lease"))?;
@@ -339,8 +348,9 @@ impl Store {
         now: i64,
     ) -> Result<WaiterRow> {
         sqlx::query(
-            "INSERT INTO rollout_waiters (group_name, host_id, run_id, first_asked_at, \
-             last_asked_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (group_name, host_id) \
+            "INSERT INTO rollout_waiters (group_name, host_id, run_id, ticket, first_asked_at, \
+             last_asked_at) VALUES ($1, $2, $3, (SELECT COALESCE(MAX(ticket), 0) + 1 FROM \
+             rollout_waiters WHERE group_name = $1), $4, $4) ON CONFLICT (group_name, host_id) \
              DO UPDATE SET run_id = $3, last_asked_at = $4",
         )
         .bind(group)
@@ -351,7 +361,7 @@ impl Store {
         .await
         .map_err(db("record waiter"))?;
         sqlx::query_as(
-            "SELECT group_name, host_id, run_id, first_asked_at, last_asked_at FROM \
+            "SELECT group_name, host_id, run_id, ticket, first_asked_at, last_asked_at FROM \
              rollout_waiters WHERE group_name = $1 AND host_id = $2",
         )
         .bind(group)
@@ -368,9 +378,9 @@ impl Store {
         alive_since: i64,
     ) -> Result<Vec<WaiterRow>> {
         sqlx::query_as(
-            "SELECT group_name, host_id, run_id, first_asked_at, last_asked_at FROM \
+            "SELECT group_name, host_id, run_id, ticket, first_asked_at, last_asked_at FROM \
              rollout_waiters WHERE group_name = $1 AND last_asked_at >= $2 \
-             ORDER BY first_asked_at, host_id",
+             ORDER BY ticket",
         )
         .bind(group)
         .bind(alive_since)
