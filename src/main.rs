@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::hosts::HostCommand,
     },
+    /// Rolling upgrades: rollout groups, their waves, pause and resume, stuck or failed hosts.
+    Rollout {
+        #[command(subcommand)]
+        command: cli::rollout::RolloutCommand,
+    },
     /// Delete snapshots past retention and blobs nothing references (older than the grace
     /// period); prints what it frees.
     Gc {
@@ -202,6 +207,7 @@ async fn admin(
         Command::Audit(args) => cli::audit::run(&api, args).await?,
         Command::Fleet { command } => cli::fleet::run(&api, command).await?,
         Command::Host { command } => cli::hosts::run(&api, command).await?,
+        Command::Rollout { command } => cli::rollout::run(&api, command).await?,
         Command::Gc { dry_run } => cli::store::gc(&api, dry_run).await?,
         Command::Store {
             command: cli::store::StoreCommand::Usage { json },

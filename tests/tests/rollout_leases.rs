@@ -239,13 +239,26 @@ async fn two_slots_serve_five_hosts_in_line_with_fences(backend: Backend) {
 
 async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Backend) {
     let (s, admin, token) = setup(backend, Vec::new()).await;
-    admin
-        .ok(
-            "POST",
-            "/api/v1/rollout/groups",
-            Some(json!({"name": "web", "selector": "role=web", "max_concurrent": 2, "failure_budget": 1})),
-        )
-        .await;
+    let aptgate = |args: &[&str]| {
+        cli(&s, &admin.token, args).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}"))
+    };
+    aptgate(&[
+        "rollout",
+        "group",
+        "create",
+        "web",
+        "--selector",
+        "role=web",
+        "--max-concurrent",
+        "2",
+        "--window",
+        "* 00:00-00:00 Europe/Berlin",
+    ]);
+    let listed = aptgate(&["rollout", "group", "list"]);
+    assert!(
+        listed.contains("web (api): selector role=web, max_concurrent 2"),
+        "{listed}"
+    );
     let web = hosts(&s, &token, "web", 3).await;
     let f1 = fence(&acquire(&web[0]).await);
     report_ok(&web[0], f1, HolderState::Updating).await;
@@ -264,50 +277,48 @@ async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Bac
     let status = admin.ok("GET", "/api/v1/rollout/groups/web", None).await;
     assert_eq!(ids(&status, "failed"), [web[0].host_id.clone()]);
     assert_eq!(status["failure_budget_spent"], true);
+    let text = aptgate(&["rollout", "status", "web"]);
+    assert!(text.contains("failed (holding their slot): 1"), "{text}");
+    assert!(text.contains("web1.example.org"), "{text}");
+    assert!(text.contains("STOPPED"), "{text}");
+    assert!(text.contains("waiting: 1"), "{text}");
 
     // The admin releases the failed host: still stopped (the failure counts in this wave)
     // until a resume starts a new one.
-    let released = admin
-        .ok(
-            "POST",
-            &format!("/api/v1/rollout/hosts/{}/release", web[0].host_id),
-            Some(json!({"comment": "disk replaced"})),
-        )
-        .await;
-    assert_eq!(released["released"][0]["was"], "failed", "{released}");
+    let released = aptgate(&[
+        "rollout",
+        "release",
+        &web[0].host_id,
+        "--comment",
+        "disk replaced",
+    ]);
+    assert!(released.contains("(was failed"), "{released}");
+    let again = cli(&s, &admin.token, &["rollout", "release", &web[0].host_id]);
+    assert!(again.unwrap_err().contains("holds no slot"));
     let stale = report(&web[0], f1, HolderState::Failed).await;
     assert_eq!((stale.status, stale.code()), (409, "stale_fence"));
     assert_eq!(
         waits(&acquire(&web[1]).await).0,
         WaitReason::FailureBudgetSpent
     );
-    admin
-        .ok("POST", "/api/v1/rollout/groups/web/pause", Some(json!({})))
-        .await;
+    aptgate(&["rollout", "pause", "web"]);
     assert_eq!(waits(&acquire(&web[1]).await).0, WaitReason::Paused);
-    admin
-        .ok(
-            "POST",
-            "/api/v1/rollout/groups/web/resume",
-            Some(json!({"comment": "go on"})),
-        )
-        .await;
+    aptgate(&["rollout", "resume", "web", "--comment", "go on"]);
     fence(&acquire(&web[1]).await);
     fence(&acquire(&web[2]).await);
     let audit = admin.audit("lease").await;
     let by_admin = audit
         .iter()
-        .find(|e| e["entry"]["actor"] == "alice")
-        .expect("the release is audited with the admin");
-    assert_eq!(by_admin["entry"]["comment"], "disk replaced");
+        .find(|e| e["entry"]["comment"] == "disk replaced")
+        .expect("the release is audited with its comment");
+    let actor = by_admin["entry"]["actor"].as_str().unwrap();
+    assert!(actor != "server" && !actor.starts_with("host:"), "{actor}");
     let rollout = admin.audit("rollout").await;
     assert!(rollout.len() >= 3, "create, pause, resume: {rollout:?}");
 
-    // A group with a slot held cannot be deleted; a configured-looking API group can.
-    let (code, body) = admin
-        .call("DELETE", "/api/v1/rollout/groups/web", None)
-        .await;
-    assert_eq!((code, body["code"].as_str()), (409, Some("conflict")));
+    // A group with a slot held cannot be deleted.
+    let refused = cli(&s, &admin.token, &["rollout", "group", "delete", "web"]);
+    assert!(refused.unwrap_err().contains("slot(s) held"));
 }
 
 async fn stuck_holders_windows_and_percentages(backend: Backend) {
