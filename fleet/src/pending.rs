@@ -91,7 +91,20 @@ pub struct QueueGroup {
     pub to: String,
     pub channel: String,
     pub hosts: usize,
+    /// Which hosts, when asked for (`?hosts=true`; at most [`MAX_LISTED_HOSTS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<HostRef>>,
 }
+
+/// A host named in the queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRef {
+    pub id: String,
+    pub hostname: String,
+}
+
+/// The most hosts listed per queue group.
+pub const MAX_LISTED_HOSTS: usize = 1000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FleetPending {
@@ -407,7 +420,12 @@ impl Fleet {
 
     /// The fleet queue: awaiting and available updates over the active hosts `selector`
     /// matches, grouped by (package, from → to, channel) with host counts, most hosts first.
-    pub async fn fleet_pending(&self, selector: &Selector) -> Result<FleetPending> {
+    /// With `list_hosts`, each group also names its hosts.
+    pub async fn fleet_pending(
+        &self,
+        selector: &Selector,
+        list_hosts: bool,
+    ) -> Result<FleetPending> {
         let hosts = self.store.hosts().await?;
         let mut labels = self.store.all_labels().await?;
         let rules = self.rules().await?;
@@ -434,13 +452,29 @@ impl Fleet {
         let mut counted = 0;
         self.with_outcomes(&work, &versions, &declined, |w| {
             counted += w.inventories.iter().map(|(h, _)| h.len()).sum::<usize>();
-            out.awaiting.extend(count_groups(&w, Kind::Awaiting));
-            out.available.extend(count_groups(&w, Kind::Available));
+            out.awaiting
+                .extend(count_groups(&w, Kind::Awaiting, list_hosts));
+            out.available
+                .extend(count_groups(&w, Kind::Available, list_hosts));
         })
         .await?;
         out.without_inventory = out.hosts - out.unassigned - counted;
         sort_groups(&mut out.awaiting);
         sort_groups(&mut out.available);
+        if list_hosts {
+            let names: HashMap<&str, String> = hosts
+                .iter()
+                .map(|h| {
+                    let facts = serde_json::from_str::<aptgate_agent::protocol::Facts>(&h.facts);
+                    (h.id.as_str(), facts.map(|f| f.hostname).unwrap_or_default())
+                })
+                .collect();
+            for g in out.awaiting.iter_mut().chain(out.available.iter_mut()) {
+                for h in g.on.iter_mut().flatten() {
+                    h.hostname = names.get(h.id.as_str()).cloned().unwrap_or_default();
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -516,7 +550,7 @@ fn host_pending(w: &ChannelWork<'_>, numbers: &[u32]) -> HostPending {
 /// hosts that have it. Every package number with an update gets a group number first, so
 /// counting a host is a pass over small integers; a host counts once per group, whatever its
 /// architectures.
-fn count_groups(w: &ChannelWork<'_>, kind: Kind) -> Vec<QueueGroup> {
+fn count_groups(w: &ChannelWork<'_>, kind: Kind, list_hosts: bool) -> Vec<QueueGroup> {
     const NONE: u32 = u32::MAX;
     let mut index: HashMap<(&str, &str, &str), u32> = HashMap::new();
     let mut keys: Vec<(&str, &str, &str)> = Vec::new();
@@ -538,6 +572,7 @@ fn count_groups(w: &ChannelWork<'_>, kind: Kind) -> Vec<QueueGroup> {
         })
         .collect();
     let mut hosts = vec![0usize; keys.len()];
+    let mut listed: Vec<Vec<HostRef>> = vec![Vec::new(); if list_hosts { keys.len() } else { 0 }];
     let mut groups: Vec<u32> = Vec::new();
     for (ids, numbers) in &w.inventories {
         groups.clear();
@@ -551,17 +586,30 @@ fn count_groups(w: &ChannelWork<'_>, kind: Kind) -> Vec<QueueGroup> {
         groups.dedup();
         for &g in &groups {
             hosts[g as usize] += ids.len();
+            if let Some(list) = listed.get_mut(g as usize) {
+                let room = MAX_LISTED_HOSTS.saturating_sub(list.len());
+                list.extend(ids.iter().take(room).map(|id| HostRef {
+                    id: (*id).to_owned(),
+                    hostname: String::new(),
+                }));
+            }
         }
     }
+    let mut listed = listed.into_iter();
     keys.into_iter()
         .zip(hosts)
-        .filter(|(_, hosts)| *hosts > 0)
-        .map(|((name, from, to), hosts)| QueueGroup {
+        .map(|(key, hosts)| (key, hosts, listed.next()))
+        .filter(|(_, hosts, _)| *hosts > 0)
+        .map(|((name, from, to), hosts, on)| QueueGroup {
             name: name.to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),
             channel: w.channel.to_owned(),
             hosts,
+            on: on.map(|mut on| {
+                on.sort_by(|a, b| a.id.cmp(&b.id));
+                on
+            }),
         })
         .collect()
 }

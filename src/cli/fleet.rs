@@ -58,6 +58,9 @@ pub enum FleetCommand {
     Pending {
         #[arg(long)]
         selector: Option<String>,
+        /// Name the hosts each update is pending on (approved but not installed: "available").
+        #[arg(long)]
+        hosts: bool,
         #[arg(long)]
         json: bool,
     },
@@ -205,11 +208,18 @@ pub async fn run(api: &AdminClient, command: FleetCommand) -> anyhow::Result<()>
             let n = answer["poked"].as_array().map_or(0, Vec::len);
             println!("poked {n} host(s): they check in within seconds");
         }
-        FleetCommand::Pending { selector, json } => {
-            let path = match &selector {
+        FleetCommand::Pending {
+            selector,
+            hosts,
+            json,
+        } => {
+            let mut path = match &selector {
                 Some(s) => format!("fleet/pending?selector={}", encode(s)),
-                None => "fleet/pending".to_owned(),
+                None => "fleet/pending?".to_owned(),
             };
+            if hosts {
+                path.push_str("&hosts=true");
+            }
             let queue: Value = api.get(&path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&queue)?);
@@ -393,6 +403,7 @@ fn print_queue(queue: &Value) {
     }
     for g in &awaiting {
         println!("  {}", group_line(g, width, true));
+        print_hosts(g);
     }
     println!("available now:");
     if available.is_empty() {
@@ -400,11 +411,33 @@ fn print_queue(queue: &Value) {
     }
     for g in &available {
         println!("  {}", group_line(g, width, false));
+        print_hosts(g);
     }
     println!(
         "{} host(s); {} unassigned, {} without an inventory yet",
         queue["hosts"], queue["unassigned"], queue["without_inventory"]
     );
+}
+
+/// The hosts of a queue group, when the server named them (`--hosts`).
+fn print_hosts(g: &Value) {
+    let Some(on) = g["on"].as_array() else {
+        return;
+    };
+    for h in on {
+        println!(
+            "      {} {}",
+            h["id"].as_str().unwrap_or(""),
+            h["hostname"].as_str().unwrap_or("")
+        );
+    }
+    let more = g["hosts"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(on.len() as u64);
+    if more > 0 {
+        println!("      … and {more} more");
+    }
 }
 
 fn group_line(g: &Value, width: usize, with_channel: bool) -> String {

@@ -167,6 +167,20 @@ async fn the_fleet_queue_groups_pending_updates_and_approvals_promote_them(backe
             "hello-data 2.10-3 → 2.10-4: 3",
         ]
     );
+    // Where the approved updates are not installed yet: the hosts of each group.
+    let shown = cli(&s, &admin.token, &["fleet", "pending", "--hosts"]).unwrap();
+    let after_foo: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.contains("foo-utils"))
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .collect();
+    let mut named: Vec<&str> = after_foo
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    named.sort();
+    assert_eq!(named, ["web1", "web2"], "{shown}");
     let approvals = admin.audit("approve").await;
     assert_eq!(approvals[0]["entry"]["actor"], "alice");
     assert_eq!(approvals[0]["entry"]["comment"], "CVE fix");

@@ -49,7 +49,7 @@ where
         endpoint(M::POST, "/api/v1/fleet/commands", commands::queue, "Queue a command for a host or the hosts a selector matches ({\"host\"|\"selector\", \"kind\": install|upgrade|remove|refresh-sources|report, \"packages\"?, \"comment\"?})"),
         endpoint(M::GET, "/api/v1/fleet/commands", commands::list, "Commands, newest first, with status, exit code and output (?host=&limit=)"),
         endpoint(M::POST, "/api/v1/fleet/poke", commands::poke, "Make the hosts a selector matches check in now ({\"selector\", \"comment\"?})"),
-        endpoint(M::GET, "/api/v1/fleet/pending", queue::pending, "The fleet queue: updates awaiting approval and available now, grouped by package and versions, with host counts (?selector=)"),
+        endpoint(M::GET, "/api/v1/fleet/pending", queue::pending, "The fleet queue: updates awaiting approval and available now, grouped by package and versions, with host counts (?selector=; &hosts=true names the hosts of each group)"),
         endpoint(M::POST, "/api/v1/fleet/approve", queue::approve, "Approve versions: a selective promotion into the channel from the one it promotes from ({\"channel\", \"packages\": [\"name=version\"], \"comment\"?})"),
         endpoint(M::GET, "/api/v1/fleet/profiles", profiles::list, "Package profiles: selector, packages wanted present (with a version pattern) or absent, priority"),
         endpoint(M::POST, "/api/v1/fleet/profiles", profiles::add, "Add a package profile ({\"name\", \"selector\", \"packages\": [{\"name\", \"state\": \"present\"|\"absent\", \"version\"?: \"2.10-*\"}], \"priority\"?, \"comment\"?})"),

@@ -12,6 +12,9 @@ use serde_json::json;
 #[derive(Deserialize, Default)]
 pub(super) struct PendingQuery {
     selector: Option<String>,
+    /// Name the hosts of each group too.
+    #[serde(default)]
+    hosts: bool,
 }
 
 pub(super) async fn pending(
@@ -21,7 +24,7 @@ pub(super) async fn pending(
 ) -> ApiResult {
     actor(&fleet, &headers, None)?;
     let selector = Selector::parse(q.selector.as_deref().unwrap_or(""))?;
-    to_json(&fleet.fleet_pending(&selector).await?)
+    to_json(&fleet.fleet_pending(&selector, q.hosts).await?)
 }
 
 #[derive(Deserialize)]
