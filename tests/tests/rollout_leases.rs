@@ -22,6 +22,7 @@ both_backends!(
     two_slots_serve_five_hosts_in_line_with_fences,
     a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave,
     stuck_holders_windows_and_percentages,
+    hosts_asking_at_once_never_exceed_the_slots,
 );
 
 async fn setup(backend: Backend, groups: Vec<RolloutGroupConfig>) -> (Setup, Admin, String) {
@@ -409,4 +410,35 @@ async fn stuck_holders_windows_and_percentages(backend: Backend) {
         (status["hosts"].as_u64(), status["slots"].as_u64()),
         (Some(4), Some(2))
     );
+}
+
+async fn hosts_asking_at_once_never_exceed_the_slots(backend: Backend) {
+    let (s, _admin, token) = setup(
+        backend,
+        vec![group("db", "role=db", MaxConcurrent::Hosts(3))],
+    )
+    .await;
+    let db = hosts(&s, &token, "db", 8).await;
+    for round in 0..2 {
+        let answers = futures::future::join_all(db.iter().map(acquire)).await;
+        let mut fences: Vec<i64> = answers
+            .iter()
+            .filter_map(|a| match a {
+                LeaseAnswer::Granted { fence, .. } => Some(*fence),
+                _ => None,
+            })
+            .collect();
+        fences.sort();
+        fences.dedup();
+        assert_eq!(fences.len(), 3, "round {round}: {answers:?}");
+        let mut positions: Vec<u32> = answers
+            .iter()
+            .filter_map(|a| match a {
+                LeaseAnswer::Wait { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect();
+        positions.sort();
+        assert_eq!(positions, [1, 2, 3, 4, 5], "round {round}: {answers:?}");
+    }
 }

@@ -125,22 +125,28 @@ impl Fleet {
         let groups = self.rollout_groups().await?;
         let labels = self.labels_of(&host.id).await?;
         let mut tx = self.store.begin().await.map_err(db("begin"))?;
-        if let Some(mut lease) = Store::lease(&mut tx, &host.id, &req.run_id).await? {
-            let state = parse_state(&lease.state).unwrap_or(HolderState::Failed);
-            if holding(state)
-                && Store::lock_group(&mut tx, &lease.group_name)
+        // Asked again for the same run: the same slot and fence (read again under the
+        // group's lock, in case an admin released it meanwhile).
+        if let Some(found) = Store::lease(&mut tx, &host.id, &req.run_id).await? {
+            let held = |l: &LeaseRow| holding(parse_state(&l.state).unwrap_or(HolderState::Failed));
+            if held(&found)
+                && Store::lock_group(&mut tx, &found.group_name)
                     .await?
                     .is_some()
             {
-                // Asked again for the same run: the same slot and fence.
-                lease.last_seen = now;
-                Store::update_lease(&mut tx, &lease).await?;
-                tx.commit().await.map_err(db("commit"))?;
-                return Ok(LeaseAnswer::Granted {
-                    group: lease.group_name,
-                    fence: lease.fence,
-                    state,
-                });
+                if let Some(mut lease) = Store::lease(&mut tx, &host.id, &req.run_id)
+                    .await?
+                    .filter(held)
+                {
+                    lease.last_seen = now;
+                    Store::update_lease(&mut tx, &lease).await?;
+                    tx.commit().await.map_err(db("commit"))?;
+                    return Ok(LeaseAnswer::Granted {
+                        state: parse_state(&lease.state).unwrap_or(HolderState::Failed),
+                        group: lease.group_name,
+                        fence: lease.fence,
+                    });
+                }
             }
         }
         let Some(group) = group_of(&groups, &labels) else {
