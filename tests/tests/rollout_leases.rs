@@ -2,8 +2,9 @@
 //! requests: a group of five hosts with two slots serves the third in line only when a slot
 //! frees; acquire is idempotent per (host, run); stale fences and backward transitions are
 //! refused; a failed host keeps its slot and the failure budget stops the wave until an admin
-//! releases it and resumes; a silent holder becomes stuck (audit, metric); no lease outside
-//! the window; pause; a percentage `max_concurrent`.
+//! releases it and resumes; a silent holder becomes stuck (audit, metric) and keeps its slot
+//! until it speaks again or an admin releases it; no lease outside the window; pause; a
+//! percentage `max_concurrent`; hosts asking at once never get more than the slots.
 
 use aptgate_agent::protocol::rollout::{
     HolderState, LeaseAnswer, LeaseReport, RunPlan, WaitReason, LEASE_ACQUIRE_PATH,
@@ -240,9 +241,7 @@ async fn two_slots_serve_five_hosts_in_line_with_fences(backend: Backend) {
 
 async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Backend) {
     let (s, admin, token) = setup(backend, Vec::new()).await;
-    let aptgate = |args: &[&str]| {
-        cli(&s, &admin.token, args).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}"))
-    };
+    let aptgate = |args: &[&str]| aptgate_cli(&s, &admin, args);
     aptgate(&[
         "rollout",
         "group",
@@ -322,6 +321,23 @@ async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Bac
     assert!(refused.unwrap_err().contains("slot(s) held"));
 }
 
+/// The group's status once `host` is stuck.
+async fn until_stuck(admin: &Admin, host: &TestAgent) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = admin.ok("GET", "/api/v1/rollout/groups/db", None).await;
+        if ids(&status, "stuck").contains(&host.host_id) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never stuck: {status:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn aptgate_cli(s: &Setup, admin: &Admin, args: &[&str]) -> String {
+    cli(s, &admin.token, args).unwrap_or_else(|e| panic!("aptgate {args:?}: {e}"))
+}
+
 async fn stuck_holders_windows_and_percentages(backend: Backend) {
     // A window that opens two hours from now: closed now, whatever the time.
     let now = chrono::Utc::now();
@@ -348,18 +364,10 @@ async fn stuck_holders_windows_and_percentages(backend: Backend) {
     assert_eq!(listed[0]["origin"], "config");
     assert_eq!(listed[2]["max_concurrent"], "50%");
 
-    let dbs = hosts(&s, &token, "db", 2).await;
+    let dbs = hosts(&s, &token, "db", 3).await;
     let f = fence(&acquire(&dbs[0]).await);
     report_ok(&dbs[0], f, HolderState::Updating).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = admin.ok("GET", "/api/v1/rollout/groups/db", None).await;
-        if !ids(&status, "stuck").is_empty() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "never stuck: {status:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = until_stuck(&admin, &dbs[0]).await;
     assert_eq!(ids(&status, "stuck"), [dbs[0].host_id.clone()]);
     // Stuck keeps its slot.
     assert_eq!(waits(&acquire(&dbs[1]).await).0, WaitReason::Full);
@@ -385,7 +393,14 @@ async fn stuck_holders_windows_and_percentages(backend: Backend) {
     // The holder speaks again: no longer stuck, and it goes on.
     report_ok(&dbs[0], f, HolderState::Verifying).await;
     report_ok(&dbs[0], f, HolderState::Released).await;
-    fence(&acquire(&dbs[1]).await);
+    let f1 = fence(&acquire(&dbs[1]).await);
+    // This one stays silent: an admin releases its slot and the next host gets it.
+    until_stuck(&admin, &dbs[1]).await;
+    assert_eq!(waits(&acquire(&dbs[2]).await), (WaitReason::Full, 1));
+    aptgate_cli(&s, &admin, &["rollout", "release", &dbs[1].host_id]);
+    fence(&acquire(&dbs[2]).await);
+    let late = report(&dbs[1], f1, HolderState::Updating).await;
+    assert_eq!((late.status, late.code()), (409, "stale_fence"));
 
     let nights = hosts(&s, &token, "night", 1).await;
     match acquire(&nights[0]).await {
