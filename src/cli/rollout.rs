@@ -167,7 +167,7 @@ fn holder_line(h: &Value, when: &str) -> String {
 fn print_status(s: &Value) {
     let g = &s["group"];
     println!(
-        "group {}: {} hosts, {} slots; {}",
+        "group {}: {} hosts, {} slots\n  {}",
         g["name"].as_str().unwrap_or("?"),
         s["hosts"],
         s["slots"],

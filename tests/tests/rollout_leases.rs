@@ -7,7 +7,7 @@
 //! percentage `max_concurrent`; hosts asking at once never get more than the slots.
 
 use aptgate_agent::protocol::rollout::{
-    HolderState, LeaseAnswer, LeaseReport, RunPlan, WaitReason, LEASE_ACQUIRE_PATH,
+    HolderState, HookResult, LeaseAnswer, LeaseReport, RunPlan, WaitReason, LEASE_ACQUIRE_PATH,
     LEASE_REPORT_PATH, RUN_PLAN_PATH,
 };
 use aptgate_config::{MaxConcurrent, RolloutGroupConfig, WindowConfig};
@@ -262,7 +262,23 @@ async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Bac
     let web = hosts(&s, &token, "web", 3).await;
     let f1 = fence(&acquire(&web[0]).await);
     report_ok(&web[0], f1, HolderState::Updating).await;
-    report_ok(&web[0], f1, HolderState::Failed).await;
+    let failed = serde_json::to_vec(&LeaseReport {
+        run_id: run(&web[0]),
+        fence: f1,
+        state: HolderState::Failed,
+        step: "pre_update".into(),
+        detail: Some("pre_update.d/10-drain exited 1 \u{1b}[2J".into()),
+        hooks: vec![HookResult {
+            dir: "pre_update.d".into(),
+            name: "10-drain".into(),
+            exit_code: Some(1),
+            output: "x".repeat(10_000) + "load balancer refused",
+            duration_ms: 12,
+        }],
+    })
+    .unwrap();
+    let answer = web[0].send("POST", LEASE_REPORT_PATH, failed).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     let again = report(&web[0], f1, HolderState::Released).await;
     assert_eq!((again.status, again.code()), (409, "bad_transition"));
     // The wave stopped: one failure spends a budget of one.
@@ -277,6 +293,14 @@ async fn a_failed_host_keeps_its_slot_and_the_budget_stops_the_wave(backend: Bac
     let status = admin.ok("GET", "/api/v1/rollout/groups/web", None).await;
     assert_eq!(ids(&status, "failed"), [web[0].host_id.clone()]);
     assert_eq!(status["failure_budget_spent"], true);
+    let failed = &status["failed"][0];
+    assert_eq!(failed["step"], "pre_update");
+    assert_eq!(
+        failed["detail"], "pre_update.d/10-drain exited 1 ?[2J",
+        "no escapes"
+    );
+    let hook_output = failed["hooks"][0]["output"].as_str().unwrap();
+    assert!(hook_output.ends_with("load balancer refused") && hook_output.len() <= 4096);
     let text = aptgate(&["rollout", "status", "web"]);
     assert!(text.contains("failed (holding their slot): 1"), "{text}");
     assert!(text.contains("web1.example.org"), "{text}");

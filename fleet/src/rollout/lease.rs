@@ -365,7 +365,12 @@ impl Fleet {
             next.step = req.step.clone();
         }
         if let Some(d) = &req.detail {
-            next.detail = Some(cut(d, MAX_DETAIL));
+            // Shown on admins' terminals: no escape sequences.
+            let printable: String = d
+                .chars()
+                .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+                .collect();
+            next.detail = Some(cut(&printable, MAX_DETAIL));
         }
         if !req.hooks.is_empty() {
             next.hooks = hooks_json(&req.hooks);

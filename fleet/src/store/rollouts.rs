@@ -360,6 +360,13 @@ impl Store {
         .execute(&mut *conn)
         .await
         .map_err(db("record waiter"))?;
+        // A host waits in one line only (its group may have changed).
+        sqlx::query("DELETE FROM rollout_waiters WHERE host_id = $1 AND group_name <> $2")
+            .bind(host)
+            .bind(group)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("record waiter"))?;
         sqlx::query_as(
             "SELECT group_name, host_id, run_id, ticket, first_asked_at, last_asked_at FROM \
              rollout_waiters WHERE group_name = $1 AND host_id = $2",
