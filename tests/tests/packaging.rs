@@ -78,6 +78,8 @@ fn systemd_accepts_the_units_and_the_server_unit_stays_sandboxed() {
         Command::new("systemd-analyze")
             .args(args)
             .arg(format!("--root={}", root.path().display()))
+            // verify runs man(1) for each `Documentation=man:` page: the packaged ones.
+            .env("MANPATH", root.path().join("usr/share/man"))
             .output()
             .expect("systemd-analyze (package systemd) is installed")
     };
