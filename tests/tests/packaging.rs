@@ -5,12 +5,19 @@
 //! Needs lintian and systemd's systemd-analyze (`.ci/run` installs them), and root (dpkg).
 
 use std::{
+    fs::Permissions,
+    io::{Read, Write},
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
 };
 
-use aptgate_tests::debs::{self, DpkgRoot};
+use aptgate_tests::{
+    app::aptgate_command,
+    debs::{self, DpkgRoot},
+    process::ServerProcess,
+    signing::TestKey,
+};
 
 const UNITS: [&str; 4] = [
     "aptgate.service",
@@ -222,36 +229,112 @@ fn the_packages_install_into_an_isolated_root_and_purge_leaves_nothing_behind() 
 }
 
 #[test]
-fn purge_keeps_the_servers_data_and_its_user_but_drops_the_agents_identity() {
+fn the_packaged_server_runs_unprivileged_and_purge_keeps_what_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
+    // The aptgate user must reach the root's /var/lib/aptgate; tempdir makes its dir 0700.
+    fs_err::set_permissions(dir.path(), Permissions::from_mode(0o755)).unwrap();
     let debs = debs::build(&dir.path().join("debs"), "0.1.0");
     let root = DpkgRoot::new(&dir.path().join("root"));
     root.install(&[&debs.server, &debs.agent]);
-    // What a server that ran leaves: its catalog (and signing key, audit log, …); what an
-    // enrolled agent leaves: its key.
+    let user = root.account("passwd", "aptgate").expect("the aptgate user");
+    let data = root.path().join("var/lib/aptgate");
+
+    // The packaged configuration, run as the unit runs it: the aptgate user and group, no
+    // capabilities, no new privileges, UMask=0027; data_dir moved into the root, and an apt
+    // directory of its own to import a source from (the fixture key signs it).
+    let apt = dir.path().join("apt");
+    fs_err::create_dir_all(apt.join("trusted.gpg.d")).unwrap();
+    TestKey::Primary
+        .write_public_key(&apt.join("trusted.gpg.d/fixture.asc"))
+        .unwrap();
     fs_err::write(
-        root.path().join("var/lib/aptgate/catalog.sqlite3"),
-        "catalog",
+        apt.join("sources.list"),
+        "deb http://deb.example.org/debian bookworm main\n",
     )
     .unwrap();
-    fs_err::create_dir_all(root.path().join("var/lib/aptgate/tmp")).unwrap();
-    fs_err::create_dir_all(root.path().join("var/lib/aptgate-agent")).unwrap();
-    fs_err::write(root.path().join("var/lib/aptgate-agent/host.key"), "key").unwrap();
+    let aptgate = aptgate_command();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "umask 0027; exec \"$@\"", "sh", "setpriv"])
+        .args(["--reuid", &user[2], "--regid", &user[3], "--clear-groups"])
+        .args([
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(aptgate.get_program())
+        .arg("--config")
+        .arg(root.path().join("etc/aptgate/aptgate.toml"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .env("APTGATE_HOST_APT__DIR", &apt);
+    for (key, value) in aptgate.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let server = ServerProcess::spawn(command, root.path().join("etc/aptgate/aptgate.toml"));
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /mirror/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
 
+    // What it wrote belongs to aptgate and is nobody else's to read.
+    let uid: u32 = user[2].parse().unwrap();
+    let mut written = vec![data.clone()];
+    let mut dirs = vec![data.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in fs_err::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path.clone());
+            }
+            written.push(path);
+        }
+    }
+    assert!(
+        written.len() > 3,
+        "the server wrote next to nothing: {written:?}"
+    );
+    for path in &written {
+        let meta = fs_err::symlink_metadata(path).unwrap();
+        assert_eq!(meta.uid(), uid, "{} not aptgate's", path.display());
+        assert_eq!(meta.mode() & 0o007, 0, "{} open to others", path.display());
+    }
+    assert_eq!(
+        fs_err::metadata(data.join("admin-token")).unwrap().mode() & 0o777,
+        0o600
+    );
+    server.kill();
+
+    // Purge keeps all of it (and so the user that owns it), but the configuration.
+    fs_err::create_dir_all(data.join("tmp")).unwrap();
+    let before: Vec<_> = written.iter().filter(|p| p.exists()).cloned().collect();
     let said = root.purge("aptgate");
     assert!(
         said.contains("kept") && said.contains("/var/lib/aptgate"),
         "{said}"
     );
-    assert_eq!(
-        fs_err::read_to_string(root.path().join("var/lib/aptgate/catalog.sqlite3")).unwrap(),
-        "catalog"
-    );
-    assert!(!root.path().join("var/lib/aptgate/tmp").exists());
-    // The files keep an owner: no later system user can be given their uid.
+    for path in &before {
+        assert!(path.exists(), "purge deleted {}", path.display());
+    }
+    assert!(!data.join("tmp").exists());
     assert!(root.account("passwd", "aptgate").is_some());
     assert!(!root.path().join("etc/aptgate/aptgate.toml").exists());
 
+    // The agent's identity goes with its package.
+    fs_err::create_dir_all(root.path().join("var/lib/aptgate-agent")).unwrap();
+    fs_err::write(root.path().join("var/lib/aptgate-agent/host.key"), "key").unwrap();
     root.purge("aptgate-agent");
     assert!(!root.path().join("var/lib/aptgate-agent").exists());
 }
