@@ -267,7 +267,7 @@ fn the_packaged_server_runs_unprivileged_and_purge_keeps_what_it_wrote() {
     let user = root.account("passwd", "aptgate").expect("the aptgate user");
     let data = root.path().join("var/lib/aptgate");
 
-    // The packaged configuration, run as the unit runs it: the aptgate user and group, no
+    // The packaged binary and configuration, run as the unit runs them: the aptgate user and group, no
     // capabilities, no new privileges, UMask=0027; data_dir moved into the root, and an apt
     // directory of its own to import a source from (the fixture key signs it).
     let apt = dir.path().join("apt");
@@ -280,7 +280,8 @@ fn the_packaged_server_runs_unprivileged_and_purge_keeps_what_it_wrote() {
         "deb http://deb.example.org/debian bookworm main\n",
     )
     .unwrap();
-    let aptgate = aptgate_command();
+    // The tests' environment for aptgate: NO_COLOR, no APTGATE_* of the caller.
+    let test_env = aptgate_command();
     let mut command = Command::new("sh");
     command
         .args(["-c", "umask 0027; exec \"$@\"", "sh", "setpriv"])
@@ -291,19 +292,21 @@ fn the_packaged_server_runs_unprivileged_and_purge_keeps_what_it_wrote() {
             "--bounding-set=-all",
             "--",
         ])
-        .arg(aptgate.get_program())
+        // The packaged (stripped) binary: also one the aptgate user can reach, wherever the
+        // build tree is.
+        .arg(root.path().join("usr/bin/aptgate"))
         .arg("--config")
         .arg(root.path().join("etc/aptgate/aptgate.toml"))
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "serve"])
-        .env("APTGATE_HOST_APT__DIR", &apt);
-    for (key, value) in aptgate.get_envs() {
+        .args(["--listen", "127.0.0.1:0", "serve"]);
+    for (key, value) in test_env.get_envs() {
         match value {
             Some(value) => command.env(key, value),
             None => command.env_remove(key),
         };
     }
+    command.env("APTGATE_HOST_APT__DIR", &apt);
     let server = ServerProcess::spawn(command, root.path().join("etc/aptgate/aptgate.toml"));
     let addr = server.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
