@@ -5,6 +5,7 @@ pub mod app;
 pub mod apt;
 pub mod channels;
 pub mod db;
+pub mod debs;
 pub mod fixture;
 pub mod fleet;
 pub mod process;

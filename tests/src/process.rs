@@ -23,12 +23,19 @@ impl ServerProcess {
             toml::to_string(&config).expect("the configuration serializes"),
         )
         .expect("write the configuration");
-        let mut child = crate::app::aptgate_command()
-            .args([
-                "--config",
-                config_path.to_str().expect("UTF-8 path"),
-                "serve",
-            ])
+        let mut command = crate::app::aptgate_command();
+        command.args([
+            "--config",
+            config_path.to_str().expect("UTF-8 path"),
+            "serve",
+        ]);
+        ServerProcess::spawn(command, config_path)
+    }
+
+    /// Starts `command`, an `aptgate … serve` however it is wrapped (another user, a
+    /// packaged configuration), and returns once it logs that it listens.
+    pub fn spawn(mut command: std::process::Command, config_path: PathBuf) -> ServerProcess {
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("start aptgate serve");
