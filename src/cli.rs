@@ -8,6 +8,7 @@ pub mod hosts;
 pub mod impact;
 pub mod keys;
 pub mod profiles;
+pub mod replicas;
 pub mod serve;
 pub mod snapshots;
 pub mod store;
