@@ -120,9 +120,11 @@ where
 
 /// Waits until the replica at `url` serves `seq` or a later one.
 pub async fn until_applied(url: &str, seq: i64) {
-    until(&format!("{url} applies seq {seq}"), Duration::from_secs(60), || async {
-        status(url).await["seq_applied"].as_i64().unwrap_or(0) >= seq
-    })
+    until(
+        &format!("{url} applies seq {seq}"),
+        Duration::from_secs(60),
+        || async { status(url).await["seq_applied"].as_i64().unwrap_or(0) >= seq },
+    )
     .await
 }
 
@@ -136,8 +138,12 @@ pub async fn fetch(url: &str) -> (u16, Vec<u8>) {
 /// The `SHA256:` of every package a channel's `Packages` lists (what a replica's pool holds).
 pub async fn package_digests(server: &str, channel: &str) -> HashSet<String> {
     let mut out = HashSet::new();
-    for index in ["main/binary-amd64/Packages", "contrib/binary-amd64/Packages"] {
-        let (code, body) = fetch(&format!("{server}/channels/{channel}/dists/stable/{index}")).await;
+    for index in [
+        "main/binary-amd64/Packages",
+        "contrib/binary-amd64/Packages",
+    ] {
+        let (code, body) =
+            fetch(&format!("{server}/channels/{channel}/dists/stable/{index}")).await;
         if code != 200 {
             continue;
         }
@@ -208,7 +214,11 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
     let target = format!(
         "{}{}",
         p.target,
-        request.uri().path_and_query().map(|x| x.as_str()).unwrap_or("/")
+        request
+            .uri()
+            .path_and_query()
+            .map(|x| x.as_str())
+            .unwrap_or("/")
     );
     let blob = request
         .uri()
@@ -281,4 +291,33 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
         .headers_mut()
         .insert("content-length", HeaderValue::from(full));
     response
+}
+
+impl FaultProxy {
+    /// The fault now (a counted fault counts down as it is applied).
+    pub fn fault(&self) -> Fault {
+        self.state.fault.lock().unwrap().clone()
+    }
+}
+
+/// Every blob in the store under `data_dir` hashes to its name: no bad byte was stored.
+/// Returns how many there are.
+pub fn assert_store_intact(data_dir: &Path) -> usize {
+    use sha2::Digest as _;
+    let mut count = 0;
+    for shard in fs_err::read_dir(data_dir.join("store/blobs/sha256")).unwrap() {
+        for blob in fs_err::read_dir(shard.unwrap().path()).unwrap() {
+            let path = blob.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let actual = hex::encode(sha2::Sha256::digest(fs_err::read(&path).unwrap()));
+            assert_eq!(
+                actual,
+                name,
+                "{} holds other bytes than its name says",
+                path.display()
+            );
+            count += 1;
+        }
+    }
+    count
 }

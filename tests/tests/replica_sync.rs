@@ -87,7 +87,10 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
         fetch_key(server, &key).await;
         let host = host_at(s.dir.path(), name, server, "approved", &key);
         assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-1");
-        host.download(&["foo-utils"]).await.unwrap().assert_success();
+        host.download(&["foo-utils"])
+            .await
+            .unwrap()
+            .assert_success();
         assert!(
             !host.downloaded_files().unwrap().is_empty(),
             "apt downloaded through {server}"
@@ -117,7 +120,10 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
     let key = s.dir.path().join("host-child.asc");
     let host = host_at(s.dir.path(), "host-child", &child.url, "approved", &key);
     assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
-    host.download(&["foo-utils"]).await.unwrap().assert_success();
+    host.download(&["foo-utils"])
+        .await
+        .unwrap()
+        .assert_success();
 
     // The canonical server shows both, current, with their lag, in API, CLI and metrics.
     let admin = admin_token(s.app.data_dir());
@@ -158,7 +164,9 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
     );
     let table = cli(&s, &admin, &["replica", "list"]).unwrap();
     assert!(
-        table.lines().any(|l| l.starts_with("branch-1 ") && l.contains("current")),
+        table
+            .lines()
+            .any(|l| l.starts_with("branch-1 ") && l.contains("current")),
         "{table}"
     );
 
