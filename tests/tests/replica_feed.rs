@@ -1,0 +1,75 @@
+//! The canonical server's replica feed in the catalog, on SQLite and on PostgreSQL: its `seq`
+//! rises with every change replicas must see (sync-followed moves, promotion, re-signing,
+//! rollback), stays put while nothing changes, is shared by a second server instance on the
+//! same catalog, and the signed manifest verifies against the channel key and nothing else.
+
+use aptgate_channels::Actor;
+use aptgate_mirror::keyring::Keyring;
+use aptgate_replicas::protocol::verify_manifest;
+use aptgate_tests::both_backends;
+use aptgate_tests::channels::*;
+use aptgate_tests::db::Backend;
+use aptgate_tests::replicas::fingerprint;
+use std::time::Duration;
+
+both_backends!(the_feed_seq_rises_with_every_change_and_is_shared_and_signed);
+
+async fn the_feed_seq_rises_with_every_change_and_is_shared_and_signed(backend: Backend) {
+    let s = Setup::new(backend, Duration::ZERO).await;
+    let feed = s.app.state.replicas.clone();
+    let channels = s.app.state.channels.clone();
+    let seq = || async { feed.current().await.unwrap().0 };
+    let nothing = seq().await;
+    assert_eq!(seq().await, nothing, "nothing changed, same seq");
+
+    s.sync().await;
+    let synced = seq().await;
+    assert!(synced > nothing, "testing followed the sync");
+    s.promote(&[]).await.unwrap();
+    let promoted = seq().await;
+    assert!(promoted > synced, "promotion");
+    // Signatures made within one second are byte-identical (the date has seconds): re-sign
+    // in the next second, or nothing would change for replicas to see.
+    let signed_at = aptgate_channels::now();
+    while aptgate_channels::now() == signed_at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    channels
+        .resign("approved", &Actor::new("test"))
+        .await
+        .unwrap();
+    let resigned = seq().await;
+    assert!(resigned > promoted, "re-signing (a new InRelease)");
+    channels
+        .rollback("testing", None, &Actor::new("test"))
+        .await
+        .ok();
+    let after = seq().await;
+    assert!(after >= resigned);
+    assert_eq!(seq().await, after);
+
+    // A second server instance on the same catalog sees the same position.
+    let other = aptgate::AppState::open(&s.app.config, &s.app.config.sources)
+        .await
+        .unwrap();
+    let (other_seq, signed) = other.replicas.current().await.unwrap();
+    assert_eq!(other_seq, after);
+
+    // Signed with the channel key: verifies against it, and against no other key.
+    let fpr = fingerprint(&s);
+    let keyring = Keyring::load(&[], &[channels.public_keys().unwrap()])
+        .unwrap()
+        .pinned(&fpr);
+    let manifest = verify_manifest(&keyring, &fpr, &signed).unwrap();
+    assert_eq!(manifest.seq, after);
+    assert!(manifest.channels.contains_key("approved"));
+    let foreign = aptgate_tests::signing::TestKey::Other.armored_public_key();
+    let stranger = Keyring::load(&[], &[foreign.to_owned()]).unwrap();
+    assert!(verify_manifest(&stranger, "other", &signed).is_err());
+    assert!(
+        keyring
+            .pinned("0000000000000000000000000000000000000000")
+            .is_empty(),
+        "only the pinned fingerprint is trusted"
+    );
+}
