@@ -22,6 +22,7 @@ use aptgate_channels::Channels;
 use aptgate_mirror::{Mirror, Sha256};
 use sqlx::migrate::Migrator;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -49,7 +50,13 @@ pub struct Canonical {
     pub(crate) store: store::FeedStore,
     /// The last manifest signed, by `seq` (RSA signatures cost milliseconds; replicas poll).
     signed: Mutex<Option<(i64, Arc<String>)>>,
+    /// The last answer of [`Canonical::current`] and when: every replica's long poll checks
+    /// the feed several times a second, and one computation serves them all.
+    latest: tokio::sync::Mutex<Option<(Instant, i64, Arc<String>)>>,
 }
+
+/// How long one computation of the feed's position answers every poll.
+const CURRENT_REUSE: Duration = Duration::from_millis(200);
 
 impl Canonical {
     /// Brings the feed's tables up to date in the channels' catalog.
@@ -65,7 +72,22 @@ impl Canonical {
             channels,
             mirror,
             signed: Mutex::new(None),
+            latest: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// The current manifest as the replicas' polls see it: computed at most once per
+    /// [`CURRENT_REUSE`] for all of them.
+    pub(crate) async fn polled(&self) -> Result<(i64, Arc<String>)> {
+        let mut latest = self.latest.lock().await;
+        if let Some((at, seq, signed)) = latest.as_ref() {
+            if at.elapsed() < CURRENT_REUSE {
+                return Ok((*seq, signed.clone()));
+            }
+        }
+        let (seq, signed) = self.current().await?;
+        *latest = Some((Instant::now(), seq, signed.clone()));
+        Ok((seq, signed))
     }
 
     /// The current manifest, signed: a new `seq` is recorded first if anything changed.
@@ -116,7 +138,7 @@ impl Canonical {
 
     /// The envelope replicas get: the signed manifest, the path starting here.
     pub async fn envelope(&self) -> Result<(i64, ManifestEnvelope)> {
-        let (seq, signed) = self.current().await?;
+        let (seq, signed) = self.polled().await?;
         Ok((
             seq,
             ManifestEnvelope {

@@ -153,6 +153,14 @@ async fn status(
     Json(report): Json<ReplicaReport>,
 ) -> Result<StatusCode, ApiError> {
     let name = replica(&canonical, &headers).await?;
+    // Names end up in metrics labels and the CLI table: the channel-name rules keep them plain.
+    if !report.name.is_empty() && report.name.parse::<aptgate_config::ChannelName>().is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{:?} is not a valid replica name", report.name),
+        ));
+    }
     // A replica's own report is kept under its token's name; one it forwards for a child
     // replica under `<its name>/<child>`, so a child cannot overwrite another replica's row.
     let key = if report.name == name || report.name.is_empty() {

@@ -268,9 +268,7 @@ impl Replica {
                             what: at("InRelease"),
                             reason: e.to_string(),
                         })?;
-                    for (file, (digest, size)) in &release.files {
-                        self.fetch(&at(file), *digest, *size).await?;
-                    }
+                    self.fetch_indices(&at, &release).await?;
                 }
                 let applied = read_suite(store, suite, signed, &text, &mut pool).await?;
                 suites.insert(suite.clone(), applied);
@@ -308,6 +306,69 @@ impl Replica {
             keys: feed.keys.clone(),
             channels,
         })
+    }
+
+    /// The files a verified Release lists. Of the forms of one index (`Packages`, `.gz`,
+    /// `.xz`) only the smallest travels: the plain one is made from it here and checked
+    /// against the digest the Release lists, and the others are fetched if a client asks
+    /// (apt takes `.xz` first). Other files are fetched as they are.
+    async fn fetch_indices(
+        &self,
+        at: &(dyn Fn(&str) -> String + Sync),
+        release: &SuiteRelease,
+    ) -> Result<(), SyncError> {
+        let mut forms: BTreeMap<&str, Vec<(&str, Sha256, u64)>> = BTreeMap::new();
+        for (name, (digest, size)) in &release.files {
+            let stem = aptgate_mirror::packages::uncompressed_name(name).unwrap_or(name);
+            forms.entry(stem).or_default().push((name, *digest, *size));
+        }
+        let store = self.mirror.store();
+        for (stem, forms) in forms {
+            let plain = forms.iter().find(|(name, _, _)| *name == stem).copied();
+            let smallest = forms
+                .iter()
+                .min_by_key(|(_, _, size)| *size)
+                .copied()
+                .expect("a group has a form");
+            if plain.is_none() || forms.len() == 1 {
+                for (name, digest, size) in forms {
+                    self.fetch(&at(name), digest, size).await?;
+                }
+                continue;
+            }
+            let (plain_name, plain_digest, plain_size) = plain.expect("checked");
+            if store.contains(&plain_digest) {
+                continue;
+            }
+            let (name, digest, size) = smallest;
+            self.fetch(&at(name), digest, size).await?;
+            if name != plain_name {
+                let compressed = store
+                    .read(&digest)
+                    .await
+                    .map_err(|e| SyncError::Store(e.to_string()))?;
+                let owned = name.to_owned();
+                let inflated = tokio::task::spawn_blocking(move || {
+                    aptgate_mirror::packages::decompress(&owned, &compressed, plain_size)
+                })
+                .await
+                .expect("decompression does not panic");
+                // Stored only if it is exactly what the Release lists; else fetched whole.
+                let made = match inflated {
+                    Ok(bytes) if Sha256::of(&bytes) == plain_digest => store
+                        .insert(&bytes, Expected::exactly(plain_digest, plain_size))
+                        .await
+                        .is_ok(),
+                    _ => false,
+                };
+                if made {
+                    continue;
+                }
+            }
+            self.fetch(&at(plain_name), plain_digest, plain_size)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Every `.deb` of an `immediate` channel that the store lacks, a few at a time.
