@@ -73,3 +73,62 @@ async fn the_feed_seq_rises_with_every_change_and_is_shared_and_signed(backend: 
         "only the pinned fingerprint is trusted"
     );
 }
+
+#[test]
+fn replica_init_writes_a_replica_section_that_loads_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aptgate.toml");
+    fs_err::write(&file, "data_dir = \"/srv/aptgate\"\n").unwrap();
+    let out = aptgate_tests::app::aptgate_command()
+        .args(["--config", file.to_str().unwrap(), "replica", "init"])
+        .args(["--parent", "https://aptgate.example.org"])
+        .args([
+            "--fingerprint",
+            "0123 4567 89ab cdef 0123 4567 89ab cdef 0123 4567",
+        ])
+        .args(["--token", "aptgate-replica-secret", "--name", "berlin"])
+        .args(["--immediate", "approved"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded = aptgate_config::load(&aptgate_config::LoadOptions {
+        file: Some(file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        loaded.config.data_dir,
+        std::path::PathBuf::from("/srv/aptgate")
+    );
+    let replica = loaded.config.replica.unwrap();
+    assert_eq!(
+        replica.fingerprint,
+        "0123456789ABCDEF0123456789ABCDEF01234567"
+    );
+    assert_eq!(replica.name, "berlin");
+    assert_eq!(
+        replica.policy("approved"),
+        aptgate_config::FetchPolicy::Immediate
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs_err::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token is a secret");
+
+    let bad = aptgate_tests::app::aptgate_command()
+        .args(["--config", file.to_str().unwrap(), "replica", "init"])
+        .args([
+            "--parent",
+            "https://aptgate.example.org",
+            "--fingerprint",
+            "ABCD",
+        ])
+        .args(["--token", "t"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("40 hex digits"));
+}
