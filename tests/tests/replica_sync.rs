@@ -170,6 +170,24 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
         "{table}"
     );
 
+    // Blobs by digest honour Range (resumed downloads).
+    let (_, in_release) = fetch(&format!(
+        "{canonical}/channels/approved/dists/stable/InRelease"
+    ))
+    .await;
+    let part = client()
+        .get(format!(
+            "{canonical}/api/v1/replica/blobs/sha256/{}",
+            Sha256::of(&in_release).to_hex()
+        ))
+        .bearer_auth(&token)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), in_release[10..20]);
+
     // Without a valid token the replica routes answer nothing.
     let refused = client()
         .get(format!("{canonical}/api/v1/replica/manifest"))
