@@ -39,6 +39,8 @@ pub struct Replica {
     pub(crate) report: Mutex<ReplicaReport>,
     /// One sync at a time (the loop, or a test's explicit run).
     sync_lock: tokio::sync::Mutex<()>,
+    /// Whether a sync of this process went through the whole held state once.
+    checked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ impl Replica {
             applied: RwLock::new(None),
             applied_seq: watch::channel(0).0,
             sync_lock: tokio::sync::Mutex::new(()),
+            checked: std::sync::atomic::AtomicBool::new(false),
         });
         let held = StateFile::read(&this.state_path).map_err(|source| OpenError::State {
             path: this.state_path.clone(),

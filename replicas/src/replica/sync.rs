@@ -111,7 +111,10 @@ impl Replica {
     pub async fn sync_once(&self) -> Result<bool, SyncError> {
         let _one = self.sync_lock.lock().await;
         let held = self.applied().map(|a| a.seq);
-        let wait = if held.is_some() {
+        // The first sync of a process checks the held state through (blobs deleted by hand,
+        // a channel newly `immediate` or carried) even if the parent has nothing newer.
+        let checked = self.checked.load(std::sync::atomic::Ordering::Relaxed);
+        let wait = if held.is_some() && checked {
             self.config.wait.as_secs()
         } else {
             0
@@ -134,7 +137,7 @@ impl Replica {
                     held,
                 })
             }
-            Some(held) if feed.seq == held => return Ok(false),
+            Some(held) if feed.seq == held && checked => return Ok(false),
             _ => {}
         }
         if Sha256::of(keys_text.as_bytes()) != feed.keys.sha256 {
