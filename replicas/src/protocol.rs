@@ -157,3 +157,34 @@ pub fn blob_url(parent: &str, digest: &aptgate_mirror::Sha256, size: u64) -> Str
         digest.to_hex()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_parent_s_unknown_fields_are_ignored_and_a_missing_one_is_an_error() {
+        let body = r#"{"protocol":1,"seq":7,"published_at":1,"future":true,
+            "keys":{"name":"aptgate","sha256":"0000000000000000000000000000000000000000000000000000000000000000","size":3},
+            "channels":{"approved":{"snapshot":"s1","suites":{},"grace":[],"weight":2}}}"#;
+        let manifest: FeedManifest = serde_json::from_str(body).unwrap();
+        assert_eq!(manifest.seq, 7);
+        assert!(manifest.channels["approved"].grace.is_empty());
+        let without_seq = body.replace(r#""seq":7,"#, "");
+        assert!(serde_json::from_str::<FeedManifest>(&without_seq).is_err());
+        let envelope: ManifestEnvelope = serde_json::from_str(r#"{"signed":"x"}"#).unwrap();
+        assert!(envelope.path.is_empty(), "a path is optional");
+    }
+
+    #[test]
+    fn blob_urls_name_the_digest_and_size_below_the_parent() {
+        let digest = aptgate_mirror::Sha256::of(b"x");
+        assert_eq!(
+            blob_url("https://aptgate.example.org/", &digest, 1),
+            format!(
+                "https://aptgate.example.org/api/v1/replica/blobs/sha256/{}?size=1",
+                digest.to_hex()
+            )
+        );
+    }
+}

@@ -205,3 +205,39 @@ pub fn carried<'a>(
         .iter()
         .filter(|(name, _)| config.carries(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_replaced_whole_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(StateFile::read(&path).unwrap(), None, "nothing applied yet");
+        let mut state = StateFile {
+            format: StateFile::FORMAT,
+            seq: 3,
+            manifest: Sha256::of(b"signed"),
+            path: vec!["canonical".into(), "berlin".into()],
+            applied_at: 1,
+        };
+        state.write(&path).unwrap();
+        state.seq = 4;
+        state.write(&path).unwrap();
+        assert_eq!(StateFile::read(&path).unwrap(), Some(state));
+        let left: Vec<_> = fs_err::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn the_plain_index_is_read_first_and_only_packages_indices_count() {
+        assert_eq!(
+            packages_stem("main/binary-amd64/Packages.xz"),
+            Some("main/binary-amd64/Packages")
+        );
+        assert_eq!(packages_stem("main/i18n/Translation-en.xz"), None);
+        assert!(rank("a/Packages") < rank("a/Packages.gz"));
+        assert!(rank("a/Packages.gz") < rank("a/Packages.xz"));
+    }
+}
