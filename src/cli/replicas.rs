@@ -53,6 +53,12 @@ pub enum TokenCommand {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Revoke replica NAME's token: its next request is refused.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 /// `replica init`: writes `[replica]` into `file`, keeping the rest of it.
@@ -132,6 +138,17 @@ pub async fn run(api: &AdminClient, command: ReplicaCommand) -> anyhow::Result<(
                 "replica token for {name} (shown once). On the replica:\n  aptgate replica init \
                  --parent URL_OF_THIS_SERVER --fingerprint FINGERPRINT --token TOKEN --name {name}"
             );
+        }
+        ReplicaCommand::Token {
+            command: TokenCommand::Revoke { name, comment },
+        } => {
+            let _: serde_json::Value = api
+                .post(
+                    &format!("replicas/{}/revoke", super::admin_client::encode(&name)),
+                    serde_json::json!({ "comment": comment }),
+                )
+                .await?;
+            eprintln!("revoked the token of replica {name}");
         }
         ReplicaCommand::List { json } => {
             let list: serde_json::Value = api.get("replicas").await?;

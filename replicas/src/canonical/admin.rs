@@ -7,7 +7,7 @@ use aptgate_channels::api::{authorize, endpoint, ApiError, Endpoint};
 use aptgate_channels::catalog::{AuditAction, NewAuditEntry};
 use aptgate_channels::{now, Channels};
 use aptgate_config::ChannelName;
-use axum::extract::{FromRef, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ where
     use Method as M;
     vec![
         endpoint(M::POST, "/api/v1/replicas/tokens", create_token, "Create a replica token ({\"name\", \"comment\"?}); the secret is in this answer only"),
+        endpoint(M::POST, "/api/v1/replicas/{name}/revoke", revoke_token, "Revoke a replica's token ({\"comment\"?}): its next request is refused"),
         endpoint(M::GET, "/api/v1/replicas", list, "Every replica with its last report, lag, and state: current, behind, silent, expiring, never_reported"),
     ]
 }
@@ -89,6 +90,44 @@ async fn create_token(
         .await
         .map_err(|e| ApiError::from(aptgate_channels::ChannelsError::from(e)))?;
     Ok(Json(json!({ "name": body.name, "token": secret })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CommentBody {
+    comment: Option<String>,
+}
+
+async fn revoke_token(
+    State(canonical): State<Arc<Canonical>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<CommentBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = authorize(&canonical.channels, &headers, body.comment)?;
+    if !canonical.store.revoke_token(&name).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no replica named {name}"),
+        ));
+    }
+    canonical
+        .channels
+        .catalog()
+        .append_audit(&NewAuditEntry {
+            at: now(),
+            actor: actor.name.clone(),
+            action: AuditAction::Token,
+            channel: None,
+            from_snapshot: None,
+            to_snapshot: None,
+            comment: actor.comment.clone(),
+            summary: Some(json!({ "replica_token_revoked": name }).to_string()),
+        })
+        .await
+        .map_err(|e| ApiError::from(aptgate_channels::ChannelsError::from(e)))?;
+    Ok(Json(json!({ "name": name, "revoked": true })))
 }
 
 /// One row of the replica table.

@@ -95,6 +95,16 @@ impl FeedStore {
         Ok(inserted.rows_affected() == 1)
     }
 
+    /// Revokes a replica's token; `false` if there is none by that name.
+    pub(crate) async fn revoke_token(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE replica_tokens SET revoked = 1 WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("revoking a replica token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The replica a token secret (by its sha256) belongs to, unless revoked.
     pub(crate) async fn token_name(&self, secret_sha256: &str) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
