@@ -84,6 +84,9 @@ pub struct FeedChannel {
 pub struct ReplicaReport {
     /// The replica's configured name (the canonical keys reports by the token's name).
     pub name: String,
+    /// The aptgate version the replica runs.
+    #[serde(default)]
+    pub version: String,
     /// The parent URL it follows.
     pub parent: String,
     /// The hops from the canonical server to this replica, itself last.

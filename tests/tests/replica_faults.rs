@@ -186,25 +186,32 @@ async fn with_its_parent_down_a_replica_keeps_serving_reports_it_and_catches_up(
     let down = status(&replica.url).await;
     assert_eq!(down["seq_applied"], seq);
 
-    // Back: the replica catches up and the canonical sees what happened.
+    // A change while it is cut off: the canonical flags it behind (nobody fetched the change).
     next_upstream_state(&mut s.repo);
     s.sync().await;
-    link.restore();
-    let seq = s.app.state.replicas.current().await.unwrap().0;
-    until_applied(&replica.url, seq).await;
-    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
     let admin = admin_token(s.app.data_dir());
-    until("the canonical has the replica's report", MINUTE, || async {
-        let list: serde_json::Value = client()
+    let replicas = || async {
+        client()
             .get(format!("{}/api/v1/replicas", s.app.url))
             .bearer_auth(&admin)
             .send()
             .await
             .unwrap()
-            .json()
+            .json::<serde_json::Value>()
             .await
-            .unwrap();
-        list["replicas"][0]["report"]["seq_applied"] == seq
+            .unwrap()
+    };
+    assert_eq!(replicas().await["replicas"][0]["state"], "behind");
+
+    // Back: the replica catches up and the canonical sees what happened.
+    link.restore();
+    let seq = s.app.state.replicas.current().await.unwrap().0;
+    until_applied(&replica.url, seq).await;
+    assert_eq!(candidate(&host, "foo-utils").await, "1.4.2-2");
+    until("the canonical has the replica's report", MINUTE, || async {
+        let list = replicas().await;
+        list["replicas"][0]["state"] == "current"
+            && list["replicas"][0]["report"]["seq_applied"] == seq
             && list["replicas"][0]["report"]["last_error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("cannot reach the parent"))

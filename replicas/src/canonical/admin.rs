@@ -149,6 +149,9 @@ pub struct ReplicaView {
 impl Canonical {
     /// Every replica with its state, as `GET /api/v1/replicas` and `/metrics` show them.
     pub async fn replica_views(&self) -> super::Result<Vec<ReplicaView>> {
+        // Records the newest position even when no replica is polling (all of them down):
+        // otherwise a change nobody fetched would not count as lag.
+        self.polled().await?;
         let now = now();
         let mut out = Vec::new();
         for row in self.store.replicas().await? {

@@ -88,6 +88,7 @@ impl Replica {
         let this = Arc::new(Self {
             report: Mutex::new(ReplicaReport {
                 name: replica.name.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
                 parent: replica.parent.to_string(),
                 ..ReplicaReport::default()
             }),
