@@ -158,25 +158,11 @@ impl Replica {
     /// Rebuilds what a state file names from the store.
     async fn load(&self, held: &StateFile) -> Result<Applied, SyncError> {
         let signed = self.read_text(&held.manifest).await?;
-        let keys_text = self.read_text(&self.keys_digest_hint(&signed)?).await?;
+        let keys_text = self.read_text(&held.keys).await?;
         let keyring = self.pinned_keyring(&keys_text)?;
         let feed = crate::protocol::verify_manifest(&keyring, &self.config.fingerprint, &signed)?;
         self.build(&feed, held.manifest, held.path.clone(), &keyring, false)
             .await
-    }
-
-    /// The keys digest a signed manifest names, read before its signature can be checked
-    /// (the keys file is then checked against the pinned fingerprint and the signature).
-    fn keys_digest_hint(&self, signed: &str) -> Result<Sha256, SyncError> {
-        let start = signed
-            .find('{')
-            .ok_or_else(|| SyncError::Malformed("no JSON".into()))?;
-        let end = signed
-            .rfind('}')
-            .ok_or_else(|| SyncError::Malformed("no JSON".into()))?;
-        let body: crate::protocol::FeedManifest = serde_json::from_str(&signed[start..=end])
-            .map_err(|e| SyncError::Malformed(e.to_string()))?;
-        Ok(body.keys.sha256)
     }
 
     pub(crate) async fn read_text(&self, digest: &Sha256) -> Result<String, SyncError> {

@@ -4,7 +4,8 @@
 //!
 //! ```json
 //! {"format": 1, "seq": 42, "manifest": "<sha256 of the signed manifest blob>",
-//!  "path": ["canonical", "hub"], "applied_at": 1700000000}
+//!  "keys": "<sha256 of the keys file blob>", "path": ["canonical", "hub"],
+//!  "applied_at": 1700000000}
 //! ```
 //!
 //! It is written only once everything the manifest's channels need (per policy) is in the
@@ -28,6 +29,9 @@ pub struct StateFile {
     pub seq: i64,
     /// The blob holding the signed manifest text, passed to children unchanged.
     pub manifest: Sha256,
+    /// The blob holding the armored public keys the manifest names (the pinned key in it
+    /// verifies the manifest again at start).
+    pub keys: Sha256,
     /// The hops the manifest came through, canonical first.
     pub path: Vec<String>,
     pub applied_at: i64,
@@ -219,6 +223,7 @@ mod tests {
             format: StateFile::FORMAT,
             seq: 3,
             manifest: Sha256::of(b"signed"),
+            keys: Sha256::of(b"keys"),
             path: vec!["canonical".into(), "berlin".into()],
             applied_at: 1,
         };

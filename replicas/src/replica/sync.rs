@@ -147,7 +147,7 @@ impl Replica {
                     .into(),
             });
         }
-        self.put(keys_text.as_bytes()).await?;
+        let keys_blob = self.put(keys_text.as_bytes()).await?;
         let manifest_blob = self.put(envelope.signed.as_bytes()).await?;
         let mut path = envelope.path;
         path.push(self.config.name.clone());
@@ -158,6 +158,7 @@ impl Replica {
             format: StateFile::FORMAT,
             seq: feed.seq,
             manifest: manifest_blob,
+            keys: keys_blob,
             path,
             applied_at: aptgate_channels::now(),
         };
