@@ -86,6 +86,25 @@ async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
         .await
         .unwrap()
         .assert_success();
+
+    // A package deleted from its store by hand: the next start checks the state through and
+    // fetches it again (skipping by digest what is there).
+    replica.kill();
+    let deb = package_digests(&s.app.url, "approved")
+        .await
+        .into_iter()
+        .next()
+        .unwrap();
+    let blob = config
+        .data_dir
+        .join(format!("store/blobs/sha256/{}/{deb}", &deb[..2]));
+    fs_err::remove_file(blob).unwrap();
+    let replica = start_replica(&config);
+    until("the deleted package is fetched again", MINUTE, || async {
+        status(&replica.url).await["blobs_missing"] == 0
+    })
+    .await;
+    assert_store_intact(&config.data_dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,6 +204,25 @@ async fn with_its_parent_down_a_replica_keeps_serving_reports_it_and_catches_up(
     );
     let down = status(&replica.url).await;
     assert_eq!(down["seq_applied"], seq);
+    // A package it has not stored yet cannot be fetched now: 503 with Retry-After (apt, or a
+    // `mirror+file:` list, moves on), never a 404 or a short body.
+    let (_, packages) = fetch(&format!(
+        "{}/channels/testing/dists/stable/main/binary-amd64/Packages",
+        replica.url
+    ))
+    .await;
+    let packages = String::from_utf8(packages).unwrap();
+    let pool = packages
+        .lines()
+        .find_map(|l| l.strip_prefix("Filename: "))
+        .unwrap();
+    let miss = client()
+        .get(format!("{}/channels/testing/{pool}", replica.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(miss.status(), 503, "{pool} while the parent is down");
+    assert!(miss.headers().contains_key("retry-after"));
 
     // A change while it is cut off: the canonical flags it behind (nobody fetched the change).
     next_upstream_state(&mut s.repo);

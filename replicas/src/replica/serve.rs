@@ -107,7 +107,15 @@ async fn serve_channel(
     let Some((digest, size)) = found else {
         return not_found(path.as_str());
     };
-    let resolved = replica.resolve_blob(digest, size).await;
+    let resolved = match replica.resolve_blob(digest, size).await {
+        // The parent cannot give it now: 503 with Retry-After, so apt (and a `mirror+file:`
+        // list) moves on to the next server instead of taking it as a broken file.
+        Err(MirrorError::Upstream { reason, .. }) => {
+            tracing::warn!(path = %path.as_str(), %reason, "cannot fetch from the parent");
+            return parent_unavailable(path.as_str());
+        }
+        resolved => resolved,
+    };
     // As on the canonical server: release files go without dates (two moves within a second).
     let release_file = matches!(
         segments.last(),
@@ -129,6 +137,19 @@ async fn serve_channel(
     if release_file {
         response.headers_mut().remove(header::LAST_MODIFIED);
     }
+    response
+}
+
+fn parent_unavailable(path: &str) -> Response {
+    let body = serde_json::json!({
+        "code": "parent_unavailable",
+        "message": format!("{path} is not on this replica yet and its parent cannot be reached"),
+        "hint": "try again later, or another mirror",
+    });
+    let mut response = aptgate_mirror::error::json_error(StatusCode::SERVICE_UNAVAILABLE, &body);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
     response
 }
 
