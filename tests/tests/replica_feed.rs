@@ -72,6 +72,27 @@ async fn the_feed_seq_rises_with_every_change_and_is_shared_and_signed(backend: 
             .is_empty(),
         "only the pinned fingerprint is trusted"
     );
+
+    // A replica token works until it is revoked (audited).
+    let token = aptgate_tests::replicas::create_token(&s, "branch-9").await;
+    let manifest = |token: String| {
+        let url = format!("{}/api/v1/replica/manifest", s.app.url);
+        async move {
+            aptgate_tests::app::client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(manifest(token.clone()).await, 200);
+    let admin = aptgate_tests::replicas::admin_token(s.app.data_dir());
+    cli(&s, &admin, &["replica", "token", "revoke", "branch-9"]).unwrap();
+    assert_eq!(manifest(token).await, 401);
+    let audit = cli(&s, &admin, &["audit", "--json"]).unwrap();
+    assert!(audit.contains("replica_token_revoked"), "{audit}");
 }
 
 #[test]
