@@ -181,6 +181,8 @@ struct ProxyState {
     target: String,
     fault: Mutex<Fault>,
     blob_requests: Mutex<usize>,
+    /// The query of the last manifest request (`after=…&wait=…`).
+    manifest_query: Mutex<String>,
     http: reqwest::Client,
 }
 
@@ -190,6 +192,7 @@ impl FaultProxy {
             target: target.trim_end_matches('/').to_owned(),
             fault: Mutex::default(),
             blob_requests: Mutex::default(),
+            manifest_query: Mutex::default(),
             http: reqwest::Client::builder().no_gzip().build().unwrap(),
         });
         let app = axum::Router::new()
@@ -203,6 +206,11 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// The query of the last manifest request the replica sent.
+    pub fn manifest_query(&self) -> String {
+        self.state.manifest_query.lock().unwrap().clone()
     }
 
     pub fn blob_requests(&self) -> usize {
@@ -228,6 +236,9 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
     let manifest = request.uri().path() == "/api/v1/replica/manifest";
     if blob.is_some() {
         *p.blob_requests.lock().unwrap() += 1;
+    }
+    if manifest {
+        *p.manifest_query.lock().unwrap() = request.uri().query().unwrap_or_default().to_owned();
     }
     if let (Some(hex), Fault::RefuseBlobs(refused)) = (&blob, &*p.fault.lock().unwrap()) {
         if refused.contains(hex) {

@@ -38,7 +38,7 @@ async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
     let proxy = FaultProxy::start(&s.app.url).await;
     proxy.set(Fault::CorruptBlobs(3));
     let token = create_token(&s, "branch-1").await;
-    let config = with_policy(
+    let mut config = with_policy(
         replica_config(
             &s.dir.path().join("r"),
             &proxy.url,
@@ -49,6 +49,7 @@ async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
         &["testing", "approved"],
         FetchPolicy::Immediate,
     );
+    config.retention.grace = Duration::ZERO;
     let replica = start_replica(&config);
     let seq = s.app.state.replicas.current().await.unwrap().0;
     until_applied(&replica.url, seq).await;
@@ -63,12 +64,29 @@ async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
     );
     assert!(assert_store_intact(&config.data_dir) > 10);
 
+    let before: HashSet<String> = package_digests(&s.app.url, "approved").await;
     proxy.set(Fault::TruncateBlobs(3));
     next_upstream_state(&mut s.repo);
     s.sync().await;
     s.promote(&[]).await.unwrap();
     let seq = s.app.state.replicas.current().await.unwrap().0;
     until_applied(&replica.url, seq).await;
+    // What neither channel lists any more is deleted after the switch (grace 0 here).
+    let gone: Vec<String> = before
+        .difference(&package_digests(&s.app.url, "approved").await)
+        .cloned()
+        .collect();
+    assert!(!gone.is_empty());
+    let stored = |hex: &String| {
+        config
+            .data_dir
+            .join(format!("store/blobs/sha256/{}/{hex}", &hex[..2]))
+            .exists()
+    };
+    until("superseded packages are collected", MINUTE, || async {
+        !gone.iter().any(stored)
+    })
+    .await;
     assert!(
         matches!(proxy.fault(), Fault::TruncateBlobs(0)),
         "every cut was served"
@@ -120,6 +138,11 @@ async fn a_tampered_manifest_or_a_lower_sequence_is_refused_and_the_applied_stat
     let first = s.app.state.replicas.current().await.unwrap().0;
     until_applied(&replica.url, first).await;
     let served = in_release(&replica.url, "testing").await;
+    // Once its state is checked, the replica waits at the parent (a long poll), not in a loop.
+    until("the replica long-polls", MINUTE, || async {
+        proxy.manifest_query() == format!("after={first}&wait=3")
+    })
+    .await;
 
     // A manifest whose signed text was changed: refused, the applied state served.
     proxy.set(Fault::TamperManifest);

@@ -6,8 +6,10 @@
 //! | `state.rs` | what is served, and the state file whose rename switches every channel at once |
 //! | `sync.rs` | one sync: manifest → InRelease → indices → (`immediate`) `.deb`s → switch |
 //! | `serve.rs` | `/channels/…`, `/keys/…`, `/status`, `/metrics`, and the parent routes for child replicas |
+//! | `gc.rs` | deleting blobs the applied state no longer needs, after each switch |
 //! | `report.rs` | the status report, sent to the parent after every attempt |
 
+mod gc;
 mod report;
 pub mod serve;
 pub mod state;
@@ -41,6 +43,9 @@ pub struct Replica {
     sync_lock: tokio::sync::Mutex<()>,
     /// Whether a sync of this process went through the whole held state once.
     checked: std::sync::atomic::AtomicBool,
+    /// Blobs the applied state does not name go once they are older than this
+    /// (`retention.grace`).
+    pub(crate) gc_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,7 @@ impl Replica {
             applied_seq: watch::channel(0).0,
             sync_lock: tokio::sync::Mutex::new(()),
             checked: std::sync::atomic::AtomicBool::new(false),
+            gc_grace: config.retention.grace,
         });
         let held = StateFile::read(&this.state_path).map_err(|source| OpenError::State {
             path: this.state_path.clone(),

@@ -172,8 +172,19 @@ impl Replica {
             channels = applied.channels.len(),
             "replica switched to a new manifest"
         );
+        let new = held != Some(feed.seq);
         self.install(Arc::new(applied));
-        Ok(true)
+        self.checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Blocking file system work (a listing of the store), off the async workers.
+        match tokio::task::block_in_place(|| self.collect_garbage()) {
+            Ok((0, _)) => {}
+            Ok((blobs, bytes)) => {
+                tracing::info!(blobs, bytes, "deleted blobs the replica no longer serves")
+            }
+            Err(e) => tracing::warn!(error = %e, "replica garbage collection failed"),
+        }
+        Ok(new)
     }
 
     /// Stores a small verified text (its digest is what it is named by).
