@@ -9,6 +9,7 @@ pub mod impact;
 pub mod keys;
 pub mod profiles;
 pub mod rollout;
+pub mod replicas;
 pub mod serve;
 pub mod snapshots;
 pub mod store;

@@ -8,6 +8,7 @@ use aptgate_channels::Channels;
 use aptgate_config::{Config, ServerConfig, SourceConfig};
 use aptgate_fleet::Fleet;
 use aptgate_mirror::Mirror;
+use aptgate_replicas::{Canonical, Replica};
 use axum::extract::{FromRef, State};
 use axum::routing::get;
 use axum::Router;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub channels: Arc<Channels>,
     pub fleet: Arc<Fleet>,
+    /// The replica feed replicas follow.
+    pub replicas: Arc<Canonical>,
     /// The connection limits [`serve`] applies.
     pub server: ServerConfig,
 }
@@ -36,6 +39,12 @@ impl FromRef<AppState> for Arc<Channels> {
 impl FromRef<AppState> for Arc<Fleet> {
     fn from_ref(state: &AppState) -> Self {
         state.fleet.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Canonical> {
+    fn from_ref(state: &AppState) -> Self {
+        state.replicas.clone()
     }
 }
 
@@ -57,24 +66,28 @@ impl AppState {
         let fleet = Fleet::open(channels.clone(), &config.fleet, &config.rollout)
             .await
             .context("cannot open the fleet")?;
+        let replicas = Canonical::open(channels.clone(), mirror.clone())
+            .await
+            .context("cannot open the replica feed")?;
         Ok(Self {
             mirror,
             channels,
             fleet,
+            replicas,
             server: config.server.clone(),
         })
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let mut admin = aptgate_fleet::admin::endpoints();
+    admin.extend(aptgate_replicas::canonical::admin::endpoints());
     Router::new()
         .merge(aptgate_mirror::routes())
         .merge(aptgate_channels::routes::routes())
-        .merge(aptgate_channels::api::routes(
-            state.channels.clone(),
-            aptgate_fleet::admin::endpoints(),
-        ))
+        .merge(aptgate_channels::api::routes(state.channels.clone(), admin))
         .merge(aptgate_fleet::agent_api::routes())
+        .merge(aptgate_replicas::canonical::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -84,6 +97,7 @@ async fn metrics(State(state): State<AppState>) -> String {
     let mut out = state.mirror.metrics().render();
     out.push_str(&state.channels.metrics().render());
     out.push_str(&state.fleet.rollout_metrics());
+    out.push_str(&state.replicas.render_metrics().await);
     out
 }
 
@@ -127,4 +141,21 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limits = state.server.clone();
     server::run(listener, router(state), &limits, shutdown).await
+}
+
+/// Serves a replica (`[replica]`): its channels, keys, status and metrics, and the parent
+/// routes for child replicas; nothing else.
+pub async fn serve_replica(
+    listener: TcpListener,
+    replica: Arc<Replica>,
+    limits: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::run(
+        listener,
+        aptgate_replicas::replica::serve::routes(replica),
+        limits,
+        shutdown,
+    )
+    .await
 }

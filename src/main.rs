@@ -95,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::rollout::RolloutCommand,
     },
+    /// Replicas: set this server up as one (`init`); on the canonical server, tokens and the
+    /// replica table.
+    Replica {
+        #[command(subcommand)]
+        command: cli::replicas::ReplicaCommand,
+    },
     /// Delete snapshots past retention and blobs nothing references (older than the grace
     /// period); prints what it frees.
     Gc {
@@ -177,6 +183,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store {
             command: cli::store::StoreCommand::Verify,
         } => cli::store::run_local(&loaded.config),
+        Command::Replica {
+            command: command @ cli::replicas::ReplicaCommand::Init { .. },
+        } => {
+            let file = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            cli::replicas::init(&file, command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve => {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(cli::serve::serve(loaded.config))?;
@@ -209,6 +225,7 @@ async fn admin(
         Command::Host { command } => cli::hosts::run(&api, command).await?,
         Command::Rollout { command } => cli::rollout::run(&api, command).await?,
         Command::Gc { dry_run } => cli::store::gc(&api, dry_run).await?,
+        Command::Replica { command } => cli::replicas::run(&api, command).await?,
         Command::Store {
             command: cli::store::StoreCommand::Usage { json },
         } => cli::store::usage(&api, json).await?,

@@ -28,6 +28,7 @@
 //! | `keys.rs` | signing key rotation |
 //! | `serve.rs` | what `/channels/…` serves, with its caches |
 //! | `table.rs` | package tables: each index's packages, compact and sorted |
+//! | `replica_view.rs` | what the replica feed reads: published Release files, by-hash grace, signing |
 //! | `fleet_view.rs` | what the fleet reads of channels: suites, newest versions, keys |
 //! | `routes.rs`, `api.rs` | the HTTP routes: apt repositories and the admin JSON API |
 
@@ -52,6 +53,7 @@ mod plan;
 mod promote;
 mod publish;
 mod registry;
+pub mod replica_view;
 mod rescue;
 mod resign;
 pub mod retention;

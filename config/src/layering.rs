@@ -283,6 +283,11 @@ impl Loaded {
             }
             let key = join(prefix, k);
             let origin = self.origins.get(&key).cloned().unwrap_or(Origin::Default);
+            // Secrets (`replica.token`) are never printed.
+            if k.ends_with("token") {
+                out.push_str(&format!("{k} = \"<redacted>\"  # from {origin}\n"));
+                continue;
+            }
             out.push_str(&format!("{k} = {v}  # from {origin}\n"));
         }
         for (k, v) in table {

@@ -44,6 +44,10 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// Rolling upgrades: rollout groups (`[[rollout.groups]]`) and how waiting agents retry.
     pub rollout: RolloutConfig,
+    /// Replica mode: follow a parent aptgate instead of syncing upstreams (absent on the
+    /// canonical server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaConfig>,
 }
 
 impl Default for Config {
@@ -61,8 +65,86 @@ impl Default for Config {
             channels: Vec::new(),
             fleet: FleetConfig::default(),
             rollout: RolloutConfig::default(),
+            replica: None,
         }
     }
+}
+
+/// `[replica]`: this server follows a parent (the canonical aptgate or another replica),
+/// serving the channels it carries byte for byte; it holds no signing key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// The parent's base URL (`https://aptgate.example.org`).
+    pub parent: Url,
+    /// The canonical server's channel signing key fingerprint, pinned at setup: the replica
+    /// manifest and every `InRelease` must verify against that key.
+    pub fingerprint: String,
+    /// The replica token (`aptgate replica token create NAME` on the canonical server).
+    pub token: String,
+    /// This replica's name in the hop path children see (default: `replica`).
+    #[serde(default = "default_replica_name")]
+    pub name: String,
+    /// The channels carried; empty means every channel the parent publishes.
+    #[serde(default)]
+    pub channels: Vec<ChannelName>,
+    /// Per channel: `on_demand` (the default: flip once the indices are here, fetch `.deb`s
+    /// on first request) or `immediate` (flip only once every `.deb` is here).
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, FetchPolicy>,
+    /// How long one long-poll for a new manifest waits at the parent.
+    #[serde(default = "default_replica_wait", with = "humantime_secs")]
+    pub wait: Duration,
+    /// The longest pause between retries while the parent is unreachable.
+    #[serde(default = "default_replica_retry_max", with = "humantime_secs")]
+    pub retry_max: Duration,
+    /// Warn when the `InRelease` served expires within this long.
+    #[serde(default = "default_replica_expiry_warning", with = "humantime_secs")]
+    pub expiry_warning: Duration,
+    /// sha256 (hex) of the tokens child replicas present to this one (chains).
+    #[serde(default)]
+    pub child_token_sha256: Vec<String>,
+}
+
+impl ReplicaConfig {
+    /// A channel's policy (`on_demand` unless configured).
+    pub fn policy(&self, channel: &str) -> FetchPolicy {
+        self.policy.get(channel).copied().unwrap_or_default()
+    }
+
+    /// Whether the replica carries `channel`.
+    pub fn carries(&self, channel: &str) -> bool {
+        self.channels.is_empty() || self.channels.iter().any(|c| c.as_str() == channel)
+    }
+}
+
+impl std::fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field("parent", &self.parent.as_str())
+            .field("fingerprint", &self.fingerprint)
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("channels", &self.channels)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_replica_name() -> String {
+    "replica".into()
+}
+
+fn default_replica_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_replica_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_replica_expiry_warning() -> Duration {
+    Duration::from_secs(48 * 3600)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

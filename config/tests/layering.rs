@@ -170,3 +170,35 @@ fn local_sources_and_channels_following_several() {
     .unwrap_err();
     assert!(err.contains("names no configured source"), "{err}");
 }
+
+#[test]
+fn a_replica_section_takes_defaults_and_its_token_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replica.toml");
+    fs_err::write(
+        &file,
+        "[replica]\nparent = \"https://aptgate.example.org\"\n\
+         fingerprint = \"0123456789ABCDEF0123456789ABCDEF01234567\"\n\
+         token = \"aptgate-replica-secret\"\npolicy = { approved = \"immediate\" }\n",
+    )
+    .unwrap();
+    let loaded = load(&LoadOptions {
+        file: Some(file),
+        ..Default::default()
+    })
+    .unwrap();
+    let replica = loaded.config.replica.as_ref().unwrap();
+    assert_eq!(replica.name, "replica");
+    assert_eq!(replica.wait, Duration::from_secs(30));
+    assert!(replica.carries("anything"), "every channel by default");
+    assert_eq!(
+        replica.policy("approved"),
+        aptgate_config::FetchPolicy::Immediate
+    );
+    assert_eq!(
+        replica.policy("testing"),
+        aptgate_config::FetchPolicy::OnDemand
+    );
+    assert!(!loaded.render().contains("aptgate-replica-secret"));
+    assert!(!format!("{replica:?}").contains("aptgate-replica-secret"));
+}

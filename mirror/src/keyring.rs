@@ -68,6 +68,24 @@ impl Keyring {
         Ok(Self { keys })
     }
 
+    /// Only the keys whose primary fingerprint is `fingerprint` (hex, any case, spaces
+    /// ignored): a replica trusts the one key pinned at setup, whatever else it is handed.
+    pub fn pinned(&self, fingerprint: &str) -> Self {
+        let wanted: String = fingerprint
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        Self {
+            keys: self
+                .keys
+                .iter()
+                .filter(|k| hex::encode_upper(k.fingerprint().as_bytes()) == wanted)
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -142,6 +142,29 @@ impl Mirror {
         sources: &[SourceConfig],
         config: &MirrorConfig,
     ) -> Result<Arc<Self>, SetupError> {
+        Self::with_client(data_dir, sources, config, upstream::client(config)?)
+    }
+
+    /// A mirror with no sources whose downloads carry `headers` (a replica's bearer token):
+    /// the store, the single flight and the blob serving, for blobs fetched by digest.
+    pub fn for_replica(
+        data_dir: &Path,
+        config: &MirrorConfig,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<Arc<Self>, SetupError> {
+        let client = upstream::builder(config)?
+            .default_headers(headers)
+            .build()
+            .map_err(upstream::ClientError::Build)?;
+        Self::with_client(data_dir, &[], config, client)
+    }
+
+    fn with_client(
+        data_dir: &Path,
+        sources: &[SourceConfig],
+        config: &MirrorConfig,
+        client: reqwest::Client,
+    ) -> Result<Arc<Self>, SetupError> {
         let mut by_name = HashMap::new();
         // Local sources (fed by uploads) have no upstream to mirror.
         for source in sources.iter().filter(|s| !s.is_local()) {
@@ -177,7 +200,7 @@ impl Mirror {
                 path: refs_dir,
                 source,
             })?,
-            client: upstream::client(config)?,
+            client,
             config: config.clone(),
             metrics: Metrics::default(),
             flights: Mutex::default(),

@@ -33,6 +33,11 @@ const MAX_REDIRECTS: usize = 5;
 /// redirect policy that refuses downgrades from https to http, loops, other hosts than the
 /// one asked (unless allowed by config) and paths that would not pass as a mirror path.
 pub fn client(config: &MirrorConfig) -> Result<reqwest::Client, ClientError> {
+    builder(config)?.build().map_err(ClientError::Build)
+}
+
+/// The builder behind [`client`], for callers that add to it (a replica's token header).
+pub fn builder(config: &MirrorConfig) -> Result<reqwest::ClientBuilder, ClientError> {
     let allowed: Vec<String> = config
         .allowed_redirect_hosts
         .iter()
@@ -61,7 +66,7 @@ pub fn client(config: &MirrorConfig) -> Result<reqwest::Client, ClientError> {
         })?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(ClientError::Build)
+    Ok(builder)
 }
 
 fn redirect_policy(attempt: Attempt, allowed_hosts: &[String]) -> reqwest::redirect::Action {

@@ -1,6 +1,15 @@
-//! Replica mirrors.
+//! Replicas: branch-office servers that follow the canonical aptgate, verify every byte,
+//! switch all channels at once and report their lag.
 //!
-//! This crate will own the replica sync engine (fetch the canonical server's published channel
-//! manifests, download only the blobs this replica lacks, verify them, switch atomically, serve
-//! the same signed bytes) and the canonical side's manifest and lag-report endpoints.
-//! Nothing is implemented yet.
+//! | module | what it does |
+//! |---|---|
+//! | [`protocol`] | the wire contract between a replica and its parent (types, paths, verification) |
+//! | [`canonical`] | the parent side on the canonical server: the numbered signed feed, blob and status routes, the replica table |
+//! | [`replica`] | replica mode: sync, atomic switch, serving, reporting, and the parent side for chained replicas |
+
+pub mod canonical;
+pub mod protocol;
+pub mod replica;
+
+pub use canonical::Canonical;
+pub use replica::Replica;

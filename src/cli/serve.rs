@@ -9,6 +9,9 @@ use aptgate_config::Config;
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Before anything in data_dir is touched: opening the store clears its tmp/.
     let _lock = aptgate::data_dir_lock::DataDirLock::acquire(&config.data_dir)?;
+    if config.replica.is_some() {
+        return serve_replica(config).await;
+    }
     let sources = resolve_sources(&config)?;
     let state = AppState::open(&config, &sources).await?;
     state.channels.know_publications().await;
@@ -46,6 +49,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ));
     }
     aptgate::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("aptgate stopped");
+    Ok(())
+}
+
+/// Replica mode: serves what the last complete sync applied and follows the parent in the
+/// background; no upstream sync, no catalog, no signing key.
+async fn serve_replica(config: Config) -> anyhow::Result<()> {
+    let replica = aptgate_replicas::Replica::open(&config)
+        .await
+        .context("cannot open the replica")?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let parent = replica.config().parent.to_string();
+    tracing::info!(%addr, %parent, seq = ?replica.applied().map(|a| a.seq), data_dir = %config.data_dir.display(), "aptgate replica listening");
+    tokio::spawn(replica.clone().run());
+    aptgate::serve_replica(listener, replica, &config.server, shutdown_signal()).await?;
     tracing::info!("aptgate stopped");
     Ok(())
 }

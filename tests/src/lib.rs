@@ -10,5 +10,6 @@ pub mod fixture;
 pub mod fleet;
 pub mod process;
 pub mod proxy;
+pub mod replicas;
 pub mod signing;
 pub mod upstream;
