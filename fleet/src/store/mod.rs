@@ -19,7 +19,7 @@ pub use declines::Decline;
 pub use hosts::{HostRow, HostUpdate, NewHost};
 pub use labels::{effective, LabelOrigin, LabelRow};
 pub use profiles::ProfileRow;
-pub use rules::RuleRow;
+pub use rules::{mirrors_json, RuleRow};
 pub use tokens::{NewToken, TokenRow};
 
 use sqlx::migrate::Migrator;
