@@ -56,10 +56,7 @@ pub fn render(
 ) -> Result<MirrorList, SourcesError> {
     let refuse = |what: String| Err(SourcesError::Refused(what));
     if mirrors.len() > MAX_MIRRORS {
-        return refuse(format!(
-            "{} mirrors (at most {MAX_MIRRORS})",
-            mirrors.len()
-        ));
+        return refuse(format!("{} mirrors (at most {MAX_MIRRORS})", mirrors.len()));
     }
     let stem = channel.unwrap_or("aptgate");
     let bare = !stem.is_empty()
@@ -120,7 +117,12 @@ pub fn remove_others(root: &HostRoot, keep: Option<&Path>) -> std::io::Result<Ve
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(LIST_SUFFIX));
         if ours && Some(path.as_path()) != keep && files::remove_durably(&path)? {
-            removed.push(path.file_name().unwrap_or_default().to_string_lossy().into());
+            removed.push(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into(),
+            );
         }
     }
     removed.sort();

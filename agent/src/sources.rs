@@ -190,13 +190,7 @@ fn validate_mirrors(
             "mirrors for entries with different URIs (one mirror list per channel)".into(),
         ));
     }
-    mirror_list::render(
-        root,
-        desired.channel.as_deref(),
-        &desired.mirrors,
-        fallback,
-    )
-    .map(Some)
+    mirror_list::render(root, desired.channel.as_deref(), &desired.mirrors, fallback).map(Some)
 }
 
 /// A plain `http(s)://host…` URL apt reads as one URI: nothing that could end the field or
@@ -295,10 +289,8 @@ pub fn apply(
         None => files::remove_durably(&source_path)?,
     };
     // Only once no source names them any more.
-    applied.mirror_lists_removed = mirror_list::remove_others(
-        root,
-        valid.mirror_list.as_ref().map(|l| l.path.as_path()),
-    )?;
+    applied.mirror_lists_removed =
+        mirror_list::remove_others(root, valid.mirror_list.as_ref().map(|l| l.path.as_path()))?;
     for old in previous_keys {
         // Only names the agent itself wrote; the prefix check guards a tampered state file.
         if old.starts_with(KEY_PREFIX)
