@@ -3,19 +3,25 @@
 //! `mirror+file:` source. The real apt installs through the replica; with the replica down it
 //! falls back to the server unseen, with the same bytes; a rule without mirrors gives the plain
 //! source back. The "replica" is a loopback proxy in front of the server: byte for byte what a
-//! replica serves (`/channels/<c>/…` unchanged), which is all apt can see of one.
+//! replica serves (`/channels/<c>/…` unchanged), which is all apt can see of one. Over the
+//! API: mirrors are checked as the agent would, stored, audited, and change the host's rev.
 
 use aptgate_tests::agent::{until, Machine};
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::{cli, parts, Setup};
 use aptgate_tests::db::Backend;
 use aptgate_tests::fixture::FixtureSpec;
+use aptgate_tests::fleet::{labels, Admin, TestAgent};
 use aptgate_tests::proxy::CuttableProxy;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-both_backends!(a_host_installs_through_its_replica_and_falls_back_to_the_server_when_it_is_down);
+both_backends!(
+    a_host_installs_through_its_replica_and_falls_back_to_the_server_when_it_is_down,
+    rule_mirrors_are_checked_stored_audited_and_change_the_hosts_sources,
+);
 
 /// The `hello_*.deb` apt left in the machine's archive cache, if any.
 fn cached_hello(m: &Machine) -> Option<PathBuf> {
@@ -207,4 +213,138 @@ async fn a_host_installs_through_its_replica_and_falls_back_to_the_server_when_i
     );
     let audit = cli(&s, token, &["audit", "--action", "rule"]).unwrap();
     assert!(audit.contains("previous_mirrors"), "{audit}");
+}
+
+async fn rule_mirrors_are_checked_stored_audited_and_change_the_hosts_sources(backend: Backend) {
+    let mut p = parts(backend, Duration::ZERO, FixtureSpec::default()).await;
+    p.config.fleet.rules.push(aptgate_config::FleetRuleConfig {
+        name: "configured".into(),
+        selector: "site=paris".into(),
+        channel: "testing".parse().unwrap(),
+        mirror: None,
+        mirrors: vec!["http://replica-paris.example.org:8080".into()],
+        priority: 0,
+        disable_other_sources: false,
+    });
+    let s = Setup::from_parts(p).await;
+    s.sync().await;
+    let admin = Admin::new(&s.app.url, s.app.data_dir());
+    let rules = "/api/v1/fleet/rules";
+
+    // What the agent would refuse is refused here, before anything is stored.
+    for bad in [
+        json!(["file:///etc/apt/"]),
+        json!(["http://a.example.org/\"x"]),
+        json!(["http://a.example.org", "http://a.example.org/"]),
+    ] {
+        let body = json!({"name": "bad", "selector": "site=berlin", "channel": "testing",
+                          "mirrors": bad});
+        let (status, answer) = admin.call("POST", rules, Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("bad_mirror")),
+            "{answer}"
+        );
+    }
+    // `mirror` (the single field from before `mirrors`) comes first.
+    admin
+        .ok(
+            "POST",
+            rules,
+            Some(json!({"name": "berlin", "selector": "site=berlin",
+            "channel": "testing", "mirror": "http://replica-berlin.example.org:8080",
+            "mirrors": ["http://hub.example.org"]})),
+        )
+        .await;
+    let listed = admin.ok("GET", rules, None).await;
+    let mirrors_of = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["mirrors"]
+            .clone()
+    };
+    assert_eq!(
+        mirrors_of("berlin"),
+        json!([
+            "http://replica-berlin.example.org:8080",
+            "http://hub.example.org"
+        ])
+    );
+    assert_eq!(
+        mirrors_of("configured"),
+        json!(["http://replica-paris.example.org:8080"])
+    );
+
+    // The host gets them as channel URIs, in order; this server stays the entries' URI.
+    let token = admin.token(json!({"labels": {"site": "berlin"}})).await;
+    let mut host = TestAgent::new(&s.app.url, "b1", labels(&[]));
+    host.enroll(&token).await;
+    let before = host.checkin(&host.checkin_request(None)).await.sources;
+    assert_eq!(
+        before.mirrors,
+        [
+            "http://replica-berlin.example.org:8080/channels/testing/",
+            "http://hub.example.org/channels/testing/"
+        ]
+    );
+    assert_eq!(
+        before.entries[0].uris,
+        [format!("{}/channels/testing/", s.app.url)]
+    );
+
+    // Changing them: checked, audited, and a new rev for the host (the agent rewrites).
+    let set = |name: &str| format!("{rules}/{name}/mirrors");
+    let (status, answer) = admin
+        .call(
+            "PUT",
+            &set("berlin"),
+            Some(json!({"mirrors": ["ftp://x.example.org"]})),
+        )
+        .await;
+    assert_eq!((status, answer["code"].as_str()), (400, Some("bad_mirror")));
+    let (status, _) = admin
+        .call("PUT", &set("nobody"), Some(json!({"mirrors": []})))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin
+        .call("PUT", &set("configured"), Some(json!({"mirrors": []})))
+        .await;
+    assert_eq!(status, 409);
+    admin
+        .ok(
+            "PUT",
+            &set("berlin"),
+            Some(json!({"mirrors": ["http://hub.example.org"],
+            "comment": "berlin replica retired"})),
+        )
+        .await;
+    let after = host.checkin(&host.checkin_request(None)).await.sources;
+    assert_eq!(after.mirrors, ["http://hub.example.org/channels/testing/"]);
+    assert_ne!(after.rev, before.rev);
+    admin
+        .ok("PUT", &set("berlin"), Some(json!({"mirrors": []})))
+        .await;
+    let plain = host.checkin(&host.checkin_request(None)).await.sources;
+    assert!(plain.mirrors.is_empty());
+    assert!(!plain.rev.is_empty() && plain.rev != after.rev);
+    let audit = admin.audit("rule").await;
+    let change = audit
+        .iter()
+        .map(|e| &e["entry"])
+        .find(|e| e["comment"] == "berlin replica retired")
+        .unwrap_or_else(|| panic!("{audit:#?}"));
+    assert_eq!(change["actor"], "alice", "{change}");
+    let summary: serde_json::Value =
+        serde_json::from_str(change["summary"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        summary["previous_mirrors"],
+        json!([
+            "http://replica-berlin.example.org:8080",
+            "http://hub.example.org"
+        ]),
+        "{change}"
+    );
 }
