@@ -169,7 +169,13 @@ mod tests {
     fn a_canonical_also_named_as_a_mirror_is_listed_once() {
         let root = HostRoot::new("/");
         let canonical = "https://apt.example.org/channels/a/".to_owned();
-        let list = render(&root, Some("a"), &[canonical.clone()], &[canonical]).unwrap();
+        let list = render(
+            &root,
+            Some("a"),
+            std::slice::from_ref(&canonical),
+            std::slice::from_ref(&canonical),
+        )
+        .unwrap();
         assert_eq!(list.text.lines().filter(|l| !l.starts_with('#')).count(), 1);
     }
 
