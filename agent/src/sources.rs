@@ -194,8 +194,8 @@ fn validate_mirrors(
 }
 
 /// A plain `http(s)://host…` URL apt reads as one URI: nothing that could end the field or
-/// the line, or turn into a local path.
-fn check_uri(uri: &str) -> Result<(), SourcesError> {
+/// the line, or turn into a local path. The server checks rule mirrors with this too.
+pub fn check_uri(uri: &str) -> Result<(), SourcesError> {
     let rest = uri
         .strip_prefix("https://")
         .or_else(|| uri.strip_prefix("http://"));

@@ -55,20 +55,10 @@ pub fn pick<'r>(rules: &'r [Rule], labels: &Labels) -> Option<&'r Rule> {
 /// The most mirrors a rule names (the agent refuses more than 16).
 pub const MAX_MIRRORS: usize = 8;
 
-/// A mirror base URL hosts are given: http(s) and a host, then only characters the agent
-/// accepts in an apt URI (no white space, quotes, backslash or `#`).
+/// A mirror base URL hosts are given: a URI the agent accepts (its own check), at most 512
+/// bytes.
 pub fn check_mirror(url: &str) -> Result<()> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let ok = url.len() <= 512
-        && rest.is_some_and(|rest| {
-            !rest.is_empty()
-                && !rest.starts_with('/')
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && !matches!(c, '#' | '"' | '\'' | '\\'))
-        });
+    let ok = url.len() <= 512 && aptgate_agent::sources::check_uri(url).is_ok();
     if ok {
         Ok(())
     } else {
