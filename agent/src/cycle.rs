@@ -222,10 +222,17 @@ impl Agent {
         } else {
             other_sources::restore_others(&self.root, &mut state.disabled_sources)?
         };
-        if applied.source_file_changed || !applied.keys_changed.is_empty() || !moved.is_empty() {
+        if applied.source_file_changed
+            || applied.mirror_list_changed
+            || !applied.mirror_lists_removed.is_empty()
+            || !applied.keys_changed.is_empty()
+            || !moved.is_empty()
+        {
             tracing::info!(
                 rev = desired.rev,
                 channel = desired.channel.as_deref().unwrap_or("(none)"),
+                mirrors = ?desired.mirrors,
+                mirror_lists_removed = ?applied.mirror_lists_removed,
                 keys_changed = ?applied.keys_changed,
                 keys_removed = ?applied.keys_removed,
                 other_sources = ?moved,

@@ -11,6 +11,7 @@ pub mod facts;
 pub mod files;
 pub mod host_root;
 pub mod inventory;
+pub mod mirror_list;
 pub mod other_sources;
 pub mod profile;
 pub mod protocol;

@@ -3,6 +3,9 @@
 //! ```text
 //! <root>/etc/apt/sources.list.d/aptgate.sources   deb822, one stanza per entry, Signed-By
 //! <root>/etc/apt/keyrings/aptgate-<name>.asc      the channel's armored keys, mode 0644
+//! <root>/etc/apt/aptgate-mirrors/<channel>.list   replicas, then the canonical (see
+//!                                                 [`mirror_list`]); only when the server
+//!                                                 names replicas
 //! ```
 //!
 //! Everything the server sends is validated before anything is written: a value apt would
@@ -16,6 +19,7 @@ use std::{collections::BTreeSet, fmt::Write as _, path::PathBuf};
 use crate::{
     files,
     host_root::HostRoot,
+    mirror_list::{self, MirrorList},
     protocol::{DesiredSources, SourceEntry},
 };
 
@@ -44,12 +48,17 @@ pub struct ValidSources {
     pub source_file: Option<String>,
     /// (local file name, armored key)
     pub keys: Vec<(String, String)>,
+    /// The mirror list the source file names, when the server sent replicas.
+    pub mirror_list: Option<MirrorList>,
 }
 
 /// What [`apply`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub source_file_changed: bool,
+    pub mirror_list_changed: bool,
+    /// Mirror lists removed (a rule that no longer names replicas, another channel).
+    pub mirror_lists_removed: Vec<String>,
     pub keys_changed: Vec<String>,
     pub keys_removed: Vec<String>,
     /// The key files now written (to remember in the state).
@@ -116,6 +125,7 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
         return Ok(ValidSources {
             source_file: None,
             keys,
+            mirror_list: None,
         });
     }
     if keys.is_empty() {
@@ -138,9 +148,16 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     }
     for entry in &desired.entries {
         validate_entry(entry)?;
+    }
+    let mirror_list = validate_mirrors(root, desired)?;
+    for entry in &desired.entries {
+        let uris = match &mirror_list {
+            Some(list) => list.source_uri(),
+            None => entry.uris.join(" "),
+        };
         text.push('\n');
         writeln!(text, "Types: deb").unwrap();
-        writeln!(text, "URIs: {}", entry.uris.join(" ")).unwrap();
+        writeln!(text, "URIs: {uris}").unwrap();
         writeln!(text, "Suites: {}", entry.suites.join(" ")).unwrap();
         writeln!(text, "Components: {}", entry.components.join(" ")).unwrap();
         if !entry.architectures.is_empty() {
@@ -151,7 +168,51 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     Ok(ValidSources {
         source_file: Some(text),
         keys,
+        mirror_list,
     })
+}
+
+/// The mirror list for the entries, when the server names replicas: every entry must have the
+/// same URIs (the canonical fallback), as the server sends them.
+fn validate_mirrors(
+    root: &HostRoot,
+    desired: &DesiredSources,
+) -> Result<Option<MirrorList>, SourcesError> {
+    if desired.mirrors.is_empty() {
+        return Ok(None);
+    }
+    for uri in &desired.mirrors {
+        check_uri(uri)?;
+    }
+    let fallback = &desired.entries[0].uris;
+    if desired.entries.iter().any(|e| &e.uris != fallback) {
+        return Err(SourcesError::Refused(
+            "mirrors for entries with different URIs (one mirror list per channel)".into(),
+        ));
+    }
+    mirror_list::render(root, desired.channel.as_deref(), &desired.mirrors, fallback).map(Some)
+}
+
+/// A plain `http(s)://host…` URL apt reads as one URI: nothing that could end the field or
+/// the line, or turn into a local path. The server checks rule mirrors with this too.
+pub fn check_uri(uri: &str) -> Result<(), SourcesError> {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    let ok = rest.is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.starts_with('/')
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '#' | '"' | '\'' | '\\'))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(SourcesError::Refused(format!(
+            "URI {uri:?} is not a plain http(s) URL"
+        )))
+    }
 }
 
 fn validate_entry(entry: &SourceEntry) -> Result<(), SourcesError> {
@@ -160,19 +221,7 @@ fn validate_entry(entry: &SourceEntry) -> Result<(), SourcesError> {
         return refuse("a source entry needs URIs, suites and components".into());
     }
     for uri in &entry.uris {
-        let rest = uri
-            .strip_prefix("https://")
-            .or_else(|| uri.strip_prefix("http://"));
-        let ok = rest.is_some_and(|rest| {
-            !rest.is_empty()
-                && !rest.starts_with('/')
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && !matches!(c, '#' | '"' | '\'' | '\\'))
-        });
-        if !ok {
-            return refuse(format!("URI {uri:?} is not a plain http(s) URL"));
-        }
+        check_uri(uri)?;
     }
     let token = |what: &str, value: &str, extra: &str| {
         let ok = !value.is_empty()
@@ -230,11 +279,18 @@ pub fn apply(
         }
         applied.keys_written.push(name.clone());
     }
+    // The mirror list too: the source file must never name a list that is not there.
+    if let Some(list) = &valid.mirror_list {
+        applied.mirror_list_changed = mirror_list::write(list, TEMP_SUFFIX)?;
+    }
     let source_path = source_path(root);
     applied.source_file_changed = match &valid.source_file {
         Some(text) => files::write_if_changed(&source_path, text.as_bytes(), 0o644, TEMP_SUFFIX)?,
         None => files::remove_durably(&source_path)?,
     };
+    // Only once no source names them any more.
+    applied.mirror_lists_removed =
+        mirror_list::remove_others(root, valid.mirror_list.as_ref().map(|l| l.path.as_path()))?;
     for old in previous_keys {
         // Only names the agent itself wrote; the prefix check guards a tampered state file.
         if old.starts_with(KEY_PREFIX)
@@ -277,6 +333,7 @@ mod tests {
                 armored: armored(),
             }],
             disable_other_sources: false,
+            mirrors: vec![],
         }
     }
 
@@ -296,6 +353,26 @@ mod tests {
              Signed-By: /etc/apt/keyrings/aptgate-approved.asc\n"
         );
         assert_eq!(valid.keys[0].0, "aptgate-approved.asc");
+    }
+
+    #[test]
+    fn replicas_turn_the_uris_into_a_mirror_list_with_the_same_signed_by() {
+        let root = HostRoot::new("/");
+        let mut d = desired();
+        d.mirrors = vec!["http://replica.example.org:8080/channels/approved/".into()];
+        let valid = validate(&root, &d).unwrap();
+        let source = valid.source_file.unwrap();
+        assert!(
+            source.contains("URIs: mirror+file:/etc/apt/aptgate-mirrors/approved.list\n"),
+            "{source}"
+        );
+        assert!(source.contains("Signed-By: /etc/apt/keyrings/aptgate-approved.asc\n"));
+        let list = valid.mirror_list.unwrap();
+        assert!(list.text.ends_with(
+            "http://replica.example.org:8080/channels/approved/\tpriority:1\n\
+             https://aptgate.example.org/channels/approved\tpriority:2\n"
+        ));
+        assert_eq!(validate(&root, &desired()).unwrap().mirror_list, None);
     }
 
     #[test]
@@ -361,6 +438,34 @@ mod tests {
             ),
             ("no keys", Box::new(|d| d.keys.clear())),
             ("no suites", Box::new(|d| d.entries[0].suites.clear())),
+            (
+                "file mirror",
+                Box::new(|d| d.mirrors = vec!["file:///etc/x/".into()]),
+            ),
+            (
+                "newline in mirror",
+                Box::new(|d| d.mirrors = vec!["http://a/\nhttp://evil/".into()]),
+            ),
+            (
+                "tab in mirror",
+                Box::new(|d| d.mirrors = vec!["http://a/\tpriority:0".into()]),
+            ),
+            (
+                "mirror list of a path channel",
+                Box::new(|d| {
+                    d.mirrors = vec!["http://a/".into()];
+                    d.channel = Some("../../sources.list.d/x".into());
+                }),
+            ),
+            (
+                "mirrors for entries with different uris",
+                Box::new(|d| {
+                    d.mirrors = vec!["http://a/".into()];
+                    let mut other = d.entries[0].clone();
+                    other.uris = vec!["http://b/".into()];
+                    d.entries.push(other);
+                }),
+            ),
             (
                 "control in channel",
                 Box::new(|d| d.channel = Some("a\nb".into())),

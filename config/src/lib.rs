@@ -347,7 +347,8 @@ pub struct FleetConfig {
     #[serde(with = "humantime_secs")]
     pub wait: Duration,
     /// The base URL hosts reach this server at (`https://apt.example.org`), used in the apt
-    /// sources agents write unless a rule names a mirror; empty: the `Host` of the check-in.
+    /// sources agents write (after a rule's mirrors, as their fallback); empty: the `Host` of
+    /// the check-in.
     pub public_url: String,
     /// Assignment rules: the most specific matching selector wins, then the higher priority.
     pub rules: Vec<FleetRuleConfig>,
@@ -365,7 +366,8 @@ impl Default for FleetConfig {
 }
 
 /// An assignment rule: hosts whose labels match `selector` (`k=v,k2=v2`, all must match; empty
-/// matches every host) use `channel`, fetched from `mirror` (a base URL) if set.
+/// matches every host) use `channel`, fetched from its `mirrors` (replicas' base URLs, tried in
+/// order) and then from this server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetRuleConfig {
@@ -373,13 +375,25 @@ pub struct FleetRuleConfig {
     #[serde(default)]
     pub selector: String,
     pub channel: ChannelName,
+    /// One mirror: the same as `mirrors = [it]`, listed before `mirrors`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<String>,
+    /// Replicas' base URLs (`http://replica-berlin.example.org:8080`), tried in this order
+    /// before this server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
     #[serde(default)]
     pub priority: i64,
     /// Have agents rename the host's other apt sources out of the way (reversibly).
     #[serde(default)]
     pub disable_other_sources: bool,
+}
+
+impl FleetRuleConfig {
+    /// `mirror`, then `mirrors`: the order hosts try them in.
+    pub fn all_mirrors(&self) -> Vec<String> {
+        self.mirror.iter().chain(&self.mirrors).cloned().collect()
+    }
 }
 
 /// Which packages a channel keeps in the store.

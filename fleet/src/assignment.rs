@@ -4,6 +4,9 @@
 //! The matching rule with the most selector terms wins; among those, the higher `priority`;
 //! still tied, the rule whose name sorts first. A configured rule wins a name clash with an
 //! API one. A host no rule matches is unassigned: its sources are empty.
+//!
+//! A rule may name mirrors (replicas' base URLs, in order): hosts get them as
+//! [`DesiredSources::mirrors`] and try them before this server, which stays the fallback.
 
 use crate::error::{FleetError, Result};
 use crate::selector::Selector;
@@ -22,7 +25,8 @@ pub struct Rule {
     #[serde(serialize_with = "as_text")]
     pub selector: Selector,
     pub channel: String,
-    pub mirror: Option<String>,
+    /// Replicas' base URLs, tried in this order before this server.
+    pub mirrors: Vec<String>,
     pub priority: i64,
     pub disable_other_sources: bool,
     /// `config` or `api`.
@@ -48,12 +52,13 @@ pub fn pick<'r>(rules: &'r [Rule], labels: &Labels) -> Option<&'r Rule> {
         })
 }
 
-/// A mirror base URL hosts are given: http(s), no whitespace or control characters.
+/// The most mirrors a rule names (the agent refuses more than 16).
+pub const MAX_MIRRORS: usize = 8;
+
+/// A mirror base URL hosts are given: a URI the agent accepts (its own check), at most 512
+/// bytes.
 pub fn check_mirror(url: &str) -> Result<()> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url.len() > 8
-        && url.len() <= 512
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    let ok = url.len() <= 512 && aptgate_agent::sources::check_uri(url).is_ok();
     if ok {
         Ok(())
     } else {
@@ -64,6 +69,30 @@ pub fn check_mirror(url: &str) -> Result<()> {
             ),
         ))
     }
+}
+
+/// A rule's mirror list: each a valid URL, none twice, at most [`MAX_MIRRORS`].
+pub fn check_mirrors(urls: &[String]) -> Result<()> {
+    if urls.len() > MAX_MIRRORS {
+        return Err(FleetError::bad_request(
+            "bad_mirror",
+            format!("{} mirrors; a rule names at most {MAX_MIRRORS}", urls.len()),
+        ));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        check_mirror(url)?;
+        if urls[..i].iter().any(|u| base(u) == base(url)) {
+            return Err(FleetError::bad_request(
+                "bad_mirror",
+                format!("mirror {url:?} is named twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn base(url: &str) -> &str {
+    url.trim_end_matches('/')
 }
 
 pub(crate) struct RuleCache {
@@ -97,7 +126,7 @@ impl Fleet {
                 name: r.name.clone(),
                 selector: Selector::parse(&r.selector)?,
                 channel: r.channel.to_string(),
-                mirror: r.mirror.clone(),
+                mirrors: r.all_mirrors(),
                 priority: r.priority,
                 disable_other_sources: r.disable_other_sources,
                 origin: "config",
@@ -113,10 +142,10 @@ impl Fleet {
                 continue;
             };
             rules.push(Rule {
+                mirrors: r.mirror_list(),
                 name: r.name,
                 selector,
                 channel: r.channel,
-                mirror: r.mirror,
                 priority: r.priority,
                 disable_other_sources: r.disable_other_sources != 0,
                 origin: "api",
@@ -162,8 +191,24 @@ impl Fleet {
         Ok(keys)
     }
 
-    /// The sources a host assigned by `rule` should have. `host_header` is the `Host` of its
-    /// request: the server's address when neither the rule nor `fleet.public_url` names one.
+    /// The base URL hosts reach this server at: `fleet.public_url`, else `http://<Host>` of
+    /// their request (`host_header`), if it is a plain host name or address.
+    pub fn server_url(&self, host_header: Option<&str>) -> Option<String> {
+        match (self.config.public_url.as_str(), host_header) {
+            (url, _) if !url.is_empty() => Some(url.to_owned()),
+            (_, Some(h))
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
+            {
+                Some(format!("http://{h}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The sources a host assigned by `rule` should have: the rule's mirrors first, then this
+    /// server (`host_header` is the `Host` of the host's request, see [`Self::server_url`]).
     pub async fn desired_sources(
         &self,
         rule: Option<&Rule>,
@@ -173,8 +218,20 @@ impl Fleet {
         let Some(rule) = rule else {
             return Ok(with_rev(DesiredSources::default()));
         };
-        let base = self.base_url(rule, host_header)?;
-        let uri = format!("{}/channels/{}/", base.trim_end_matches('/'), rule.channel);
+        let channel_uri =
+            |base: &str| format!("{}/channels/{}/", base.trim_end_matches('/'), rule.channel);
+        let mut mirrors: Vec<String> = rule.mirrors.iter().map(|m| channel_uri(m)).collect();
+        let uri = match self.server_url(host_header) {
+            Some(server) => channel_uri(&server),
+            // No address for this server: the last mirror is the fallback.
+            None => mirrors.pop().ok_or_else(|| {
+                FleetError::bad_request(
+                    "no_server_url",
+                    "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
+                )
+            })?,
+        };
+        mirrors.retain(|m| *m != uri);
         let entries = match self.channels.channel_view(&rule.channel).await? {
             Some(view) => view
                 .suites
@@ -191,34 +248,29 @@ impl Fleet {
         Ok(with_rev(DesiredSources {
             rev: String::new(),
             channel: Some(rule.channel.clone()),
-            entries,
             keys: self.channel_keys()?.as_ref().clone(),
             disable_other_sources: rule.disable_other_sources,
+            // Nothing to fetch from them while the channel publishes nothing.
+            mirrors: if entries.is_empty() {
+                Vec::new()
+            } else {
+                mirrors
+            },
+            entries,
         }))
     }
 }
 
 impl Fleet {
-    /// The base URL hosts assigned by `rule` fetch from: the rule's mirror, else
-    /// `fleet.public_url`, else the `Host` of the agent's request.
-    pub(crate) fn base_url(&self, rule: &Rule, host_header: Option<&str>) -> Result<String> {
-        Ok(
-            match (&rule.mirror, self.config.public_url.as_str(), host_header) {
-                (Some(m), _, _) => m.clone(),
-                (None, url, _) if !url.is_empty() => url.to_owned(),
-                (None, _, Some(h))
-                    if !h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
-                {
-                    format!("http://{h}")
-                }
-                _ => return Err(FleetError::bad_request(
-                    "no_server_url",
-                    "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
-                )),
-            },
-        )
+    /// This server's URL as hosts reach it, or an error with a hint (for the run plan's
+    /// snapshot sources, which only this server serves: replicas carry current channels).
+    pub(crate) fn base_url(&self, host_header: Option<&str>) -> Result<String> {
+        self.server_url(host_header).ok_or_else(|| {
+            FleetError::bad_request(
+                "no_server_url",
+                "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
+            )
+        })
     }
 }
 
@@ -239,12 +291,42 @@ mod tests {
             name: name.into(),
             selector: Selector::parse(selector).unwrap(),
             channel: name.into(),
-            mirror: None,
+            mirrors: vec![],
             priority,
             disable_other_sources: false,
             origin: "api",
             created_by: "t".into(),
         }
+    }
+
+    #[test]
+    fn mirrors_are_urls_the_agent_accepts_each_named_once() {
+        let ok = |list: &[&str]| {
+            check_mirrors(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).is_ok()
+        };
+        assert!(ok(&[]));
+        assert!(ok(&[
+            "http://replica-berlin.example.org:8080",
+            "https://hub.example.org/aptgate/"
+        ]));
+        for bad in [
+            "ftp://x.example.org",
+            "http://",
+            "http:///etc",
+            "file:///etc/apt",
+            "http://a b",
+            "http://a\tpriority:0",
+            "http://a/\"x",
+            "http://a/#x",
+            "http://a/\\x",
+        ] {
+            assert!(!ok(&[bad]), "{bad:?} accepted");
+        }
+        assert!(!ok(&["http://a.example.org", "http://a.example.org/"]));
+        let many: Vec<String> = (0..=MAX_MIRRORS)
+            .map(|i| format!("http://m{i}.example.org"))
+            .collect();
+        assert!(check_mirrors(&many).is_err());
     }
 
     #[test]

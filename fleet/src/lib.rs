@@ -77,10 +77,7 @@ impl Fleet {
             .map_err(FleetError::Migrate)?;
         for r in &config.rules {
             selector::Selector::parse(&r.selector)
-                .and_then(|_| match &r.mirror {
-                    Some(m) => assignment::check_mirror(m),
-                    None => Ok(()),
-                })
+                .and_then(|_| assignment::check_mirrors(&r.all_mirrors()))
                 .map_err(|e| FleetError::Config(format!("[[fleet.rules]] {}: {e}", r.name)))?;
             channels
                 .channel_rules(r.channel.as_str())

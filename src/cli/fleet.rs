@@ -12,7 +12,7 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Assignment rules: label selector → channel (and mirror).
+    /// Assignment rules: label selector → channel (and the replicas hosts try first).
     Rule {
         #[command(subcommand)]
         command: RuleCommand,
@@ -122,9 +122,10 @@ pub enum RuleCommand {
         selector: String,
         #[arg(long)]
         channel: String,
-        /// Base URL hosts fetch the channel from (default: fleet.public_url or this server).
-        #[arg(long)]
-        mirror: Option<String>,
+        /// A replica's base URL (`http://replica-berlin.example.org:8080`); repeat for more.
+        /// Hosts try them in this order, then this server (fleet.public_url).
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
         /// Breaks ties between equally specific rules (higher wins).
         #[arg(long, default_value_t = 0)]
         priority: i64,
@@ -135,6 +136,15 @@ pub enum RuleCommand {
         comment: Option<String>,
     },
     List,
+    /// Replace a rule's mirrors (no --mirror: this server only); its hosts rewrite their
+    /// sources at once, staying assigned.
+    Mirrors {
+        name: String,
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
     Remove {
         name: String,
         #[arg(long)]
@@ -331,7 +341,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
             name,
             selector,
             channel,
-            mirror,
+            mirrors,
             priority,
             disable_other_sources,
             comment,
@@ -340,7 +350,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                 .post(
                     "fleet/rules",
                     json!({"name": name, "selector": selector, "channel": channel,
-                           "mirror": mirror, "priority": priority,
+                           "mirrors": mirrors, "priority": priority,
                            "disable_other_sources": disable_other_sources, "comment": comment}),
                 )
                 .await?;
@@ -356,7 +366,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
         RuleCommand::List => {
             let rules: Vec<Value> = api.get("fleet/rules").await?;
             println!(
-                "{:<16}  {:<28}  {:<12}  {:>8}  {:<6}  MIRROR",
+                "{:<16}  {:<28}  {:<12}  {:>8}  {:<6}  MIRRORS",
                 "NAME", "SELECTOR", "CHANNEL", "PRIORITY", "FROM"
             );
             for r in &rules {
@@ -370,7 +380,28 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                     r["channel"].as_str().unwrap_or(""),
                     r["priority"],
                     r["origin"].as_str().unwrap_or(""),
-                    r["mirror"].as_str().unwrap_or("-"),
+                    mirrors_text(&r["mirrors"]),
+                );
+            }
+        }
+        RuleCommand::Mirrors {
+            name,
+            mirrors,
+            comment,
+        } => {
+            let _: Value = api
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("fleet/rules/{}/mirrors", encode(&name)),
+                    Some(json!({"mirrors": mirrors, "comment": comment})),
+                )
+                .await?;
+            if mirrors.is_empty() {
+                println!("rule {name}: hosts fetch from this server only");
+            } else {
+                println!(
+                    "rule {name}: hosts try {}, then this server",
+                    mirrors.join(", ")
                 );
             }
         }
@@ -384,6 +415,21 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `a, b` for a rule's mirrors, `-` for none.
+fn mirrors_text(mirrors: &Value) -> String {
+    let list: Vec<&str> = mirrors
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// Masif Upgrader's view: `perl  23 hosts  5.36.0-7 → 5.36.0-7+deb12u1`.

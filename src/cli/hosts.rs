@@ -140,8 +140,18 @@ fn print_host(h: &Value) {
         Some(c) => println!("channel:       {c} (rule {})", s("rule")),
         None => println!("channel:       unassigned"),
     }
-    if let Some(m) = h["mirror"].as_str() {
-        println!("mirror:        {m}");
+    let mirrors: Vec<&str> = h["mirrors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !mirrors.is_empty() {
+        println!("mirrors:       {} (in order)", mirrors.join(", "));
+    }
+    if let Some(url) = h["server_url"].as_str() {
+        let then = if mirrors.is_empty() { "" } else { "then " };
+        println!("server:        {then}{url}");
     }
     println!(
         "last seen:     {}",

@@ -123,6 +123,19 @@ impl Machine {
         (status == "install ok installed").then(|| version.to_owned())
     }
 
+    /// `apt-get ARGS` on this machine's root, with the configuration the agent wrote for it
+    /// (`<state>/apt.conf`), as an admin on the host would run it.
+    pub fn apt_get(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("APT_CONFIG", self.state.join("apt.conf"))
+            .env("LC_ALL", "C.UTF-8")
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .output()
+            .unwrap()
+    }
+
     /// The aptgate source the agent wrote ("" if none).
     pub fn sources(&self) -> String {
         fs_err::read_to_string(self.root.join("etc/apt/sources.list.d/aptgate.sources"))

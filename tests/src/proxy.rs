@@ -7,6 +7,8 @@
 //! connections of a cut or stall are closed and new ones pass again.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -20,28 +22,47 @@ enum Mode {
 pub struct CuttableProxy {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    forwarded: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl CuttableProxy {
     /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
     pub async fn start(target: SocketAddr) -> CuttableProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), target).await
+    }
+
+    /// Listens on `ip`, port 0 (another loopback address such as 127.0.0.2 looks like another
+    /// host to a client), and forwards every connection to `target`.
+    pub async fn start_on(ip: std::net::IpAddr, target: SocketAddr) -> CuttableProxy {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (mode, _) = watch::channel(Mode::Open);
+        let forwarded = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let mode = mode.clone();
+            let forwarded = forwarded.clone();
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
                     let watching = mode.subscribe();
-                    tokio::spawn(relay(client, target, watching));
+                    tokio::spawn(relay(client, target, watching, forwarded.clone()));
                 }
             }
         });
-        CuttableProxy { addr, mode, task }
+        CuttableProxy {
+            addr,
+            mode,
+            forwarded,
+            task,
+        }
+    }
+
+    /// How many connections it has passed on to the target so far.
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.load(Ordering::SeqCst)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -65,7 +86,12 @@ impl CuttableProxy {
 
 /// One client connection: forwarded while the proxy is open; dropped on a cut; held silent
 /// during a stall, then dropped.
-async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn relay(
+    mut client: TcpStream,
+    target: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    forwarded: Arc<AtomicUsize>,
+) {
     let current = *mode.borrow_and_update();
     match current {
         Mode::Cut => return,
@@ -78,6 +104,7 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
     let Ok(mut server) = TcpStream::connect(target).await else {
         return;
     };
+    forwarded.fetch_add(1, Ordering::SeqCst);
     let stalled = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
         changed = mode.wait_for(|m| *m != Mode::Open) => {

@@ -60,6 +60,7 @@ fn desired(setup: &Setup, rev: &str) -> DesiredSources {
             armored: fs_err::read_to_string(setup.repo.key_path()).unwrap(),
         }],
         disable_other_sources: false,
+        mirrors: vec![],
     }
 }
 

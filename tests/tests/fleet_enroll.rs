@@ -99,9 +99,14 @@ async fn hosts_enroll_get_their_channel_by_labels_and_report_inventory(backend: 
     );
     s.promote(&[]).await.unwrap();
     let answer = web.checkin(&web.checkin_request(None)).await;
+    // The rule's mirror comes first; this server stays the fallback.
+    assert_eq!(
+        answer.sources.mirrors,
+        ["http://cache.example.org:8470/channels/approved/"]
+    );
     assert_eq!(
         answer.sources.entries[0].uris,
-        ["http://cache.example.org:8470/channels/approved/"]
+        [format!("{}/channels/approved/", s.app.url)]
     );
     admin
         .ok(

@@ -376,6 +376,15 @@ pub struct DesiredSources {
     /// Rename the host's other sources out of apt's sight (reversibly) while this is active.
     #[serde(default)]
     pub disable_other_sources: bool,
+    /// Replicas of the channel (full URIs like the entries', e.g.
+    /// `http://replica-berlin.example.org:8080/channels/approved/`), tried in this order before
+    /// the entries' own URIs, which stay the fallback: the agent writes them to an apt mirror
+    /// list (`mirror+file:`). They serve the canonical's signed bytes unchanged, so a fallback
+    /// is invisible to apt. Added after protocol 1 shipped: omitted when empty (the `rev` of a
+    /// source without replicas is unchanged), and an older agent ignores it and fetches from
+    /// the canonical server only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,14 +101,12 @@ pub(super) async fn show(
         .into_iter()
         .filter(|c| c.status == "queued" || c.status == "sent")
         .collect();
-    let mirror = rule.map(|r| {
-        r.mirror
-            .clone()
-            .unwrap_or_else(|| match fleet.config.public_url.as_str() {
-                "" => "(this server, as the host reaches it)".to_owned(),
-                url => url.to_owned(),
-            })
+    // Where the host fetches from: its rule's mirrors in order, then this server.
+    let server_url = rule.map(|_| match fleet.config.public_url.as_str() {
+        "" => "(this server, as the host reaches it)".to_owned(),
+        url => url.to_owned(),
     });
+    let mirrors = rule.map(|r| r.mirrors.clone()).unwrap_or_default();
     Ok(Json(json!({
         "id": h.id,
         "hostname": facts.hostname,
@@ -118,7 +116,8 @@ pub(super) async fn show(
         "effective_labels": labels,
         "rule": rule.map(|r| r.name.clone()),
         "channel": rule.map(|r| r.channel.clone()),
-        "mirror": mirror,
+        "server_url": server_url,
+        "mirrors": mirrors,
         "enrolled_at": h.enrolled_at,
         "last_seen": h.last_seen,
         "agent_version": h.agent_version,

@@ -3,10 +3,10 @@
 //! their new sources at once.
 
 use super::*;
-use crate::assignment::check_mirror;
+use crate::assignment::{check_mirrors, Rule};
 use crate::error::db;
 use crate::selector::Selector;
-use crate::store::{RuleRow, Store};
+use crate::store::{mirrors_json, RuleRow, Store};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::json;
@@ -23,7 +23,11 @@ pub(super) struct AddBody {
     #[serde(default)]
     selector: String,
     channel: String,
+    /// One mirror (before `mirrors`); kept for clients from before `mirrors`.
     mirror: Option<String>,
+    /// Replicas' base URLs, tried in this order before this server.
+    #[serde(default)]
+    mirrors: Vec<String>,
     #[serde(default)]
     priority: i64,
     #[serde(default)]
@@ -70,9 +74,8 @@ pub(super) async fn add(
     let actor = actor(&fleet, &headers, body.comment.clone())?;
     check_rule_name(&body.name)?;
     let selector = Selector::parse(&body.selector)?;
-    if let Some(m) = &body.mirror {
-        check_mirror(m)?;
-    }
+    let mirrors: Vec<String> = body.mirror.iter().chain(&body.mirrors).cloned().collect();
+    check_mirrors(&mirrors)?;
     fleet
         .channels
         .channel_rules(&body.channel)
@@ -89,7 +92,8 @@ pub(super) async fn add(
         name: body.name.clone(),
         selector: selector.to_string(),
         channel: body.channel.clone(),
-        mirror: body.mirror.clone(),
+        mirror: mirrors.first().cloned(),
+        mirrors: Some(mirrors_json(&mirrors)),
         priority: body.priority,
         disable_other_sources: i64::from(body.disable_other_sources),
         created_by: actor.name.clone(),
@@ -100,7 +104,7 @@ pub(super) async fn add(
         return Err(FleetError::conflict(format!("rule {} exists", body.name)).into());
     }
     let summary = json!({"added": body.name, "selector": row.selector, "channel": body.channel,
-        "mirror": body.mirror, "priority": body.priority,
+        "mirrors": mirrors, "priority": body.priority,
         "disable_other_sources": body.disable_other_sources});
     audit(
         &mut tx,
@@ -118,6 +122,62 @@ pub(super) async fn add(
     Ok(Json(json!({"added": body.name})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MirrorsBody {
+    /// The new list, in order; empty: hosts fetch from this server only.
+    mirrors: Vec<String>,
+    comment: Option<String>,
+}
+
+/// Replaces an API rule's mirrors (a branch office gets a replica, or loses one) without
+/// unassigning its hosts in between, as a remove and add would.
+pub(super) async fn set_mirrors(
+    State(fleet): State<Arc<Fleet>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(body): Json<MirrorsBody>,
+) -> ApiResult {
+    let actor = actor(&fleet, &headers, body.comment.clone())?;
+    check_mirrors(&body.mirrors)?;
+    let rule = api_rule(&fleet, &name, "change its mirrors in the configuration").await?;
+    let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
+    if !Store::set_rule_mirrors(&mut tx, &name, &body.mirrors).await? {
+        return Err(FleetError::not_found("unknown_rule", format!("no rule {name:?}")).into());
+    }
+    audit(
+        &mut tx,
+        &entry(
+            &actor,
+            AuditAction::Rule,
+            Some(rule.channel.clone()),
+            json!({"rule": name, "mirrors": body.mirrors, "previous_mirrors": rule.mirrors}),
+        ),
+    )
+    .await?;
+    tx.commit().await.map_err(db("commit"))?;
+    fleet.reload_rules().await?;
+    wake_matching(&fleet, &rule.selector).await?;
+    Ok(Json(json!({"rule": name, "mirrors": body.mirrors})))
+}
+
+/// The API rule `name` (a configured one cannot be changed here: `config_hint` says where).
+async fn api_rule(fleet: &Fleet, name: &str, config_hint: &str) -> Result<Rule, FleetError> {
+    let rules = fleet.reload_rules().await?;
+    let Some(rule) = rules.iter().find(|r| r.name == name) else {
+        return Err(FleetError::not_found(
+            "unknown_rule",
+            format!("no rule {name:?}"),
+        ));
+    };
+    if rule.origin == "config" {
+        return Err(FleetError::conflict(format!(
+            "rule {name} is configured ([[fleet.rules]]); {config_hint}"
+        )));
+    }
+    Ok(rule.clone())
+}
+
 pub(super) async fn remove(
     State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
@@ -125,16 +185,7 @@ pub(super) async fn remove(
     Query(q): Query<CommentQuery>,
 ) -> ApiResult {
     let actor = actor(&fleet, &headers, q.comment)?;
-    let rules = fleet.reload_rules().await?;
-    let Some(rule) = rules.iter().find(|r| r.name == name) else {
-        return Err(FleetError::not_found("unknown_rule", format!("no rule {name:?}")).into());
-    };
-    if rule.origin == "config" {
-        return Err(FleetError::conflict(format!(
-            "rule {name} is configured ([[fleet.rules]]); remove it from the configuration"
-        ))
-        .into());
-    }
+    let rule = api_rule(&fleet, &name, "remove it from the configuration").await?;
     let mut tx = fleet.store.begin().await.map_err(db("begin"))?;
     Store::delete_rule(&mut tx, &name).await?;
     audit(

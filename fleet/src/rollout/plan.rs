@@ -42,7 +42,7 @@ impl Fleet {
             .unwrap_or_default();
         let uri = format!(
             "{}/channels/{}/snapshots/{}/",
-            self.base_url(rule, host_header)?.trim_end_matches('/'),
+            self.base_url(host_header)?.trim_end_matches('/'),
             rule.channel,
             view.snapshot
         );

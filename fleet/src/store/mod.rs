@@ -21,7 +21,7 @@ pub use hosts::{HostRow, HostUpdate, NewHost};
 pub use labels::{effective, LabelOrigin, LabelRow};
 pub use profiles::ProfileRow;
 pub use rollouts::{GroupRow, LeaseRow, WaiterRow};
-pub use rules::RuleRow;
+pub use rules::{mirrors_json, RuleRow};
 pub use tokens::{NewToken, TokenRow};
 
 use sqlx::migrate::Migrator;
