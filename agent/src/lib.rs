@@ -17,3 +17,4 @@ pub mod protocol;
 pub mod reboot;
 pub mod sources;
 pub mod state;
+pub mod upgrade;

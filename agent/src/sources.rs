@@ -121,9 +121,26 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     if keys.is_empty() {
         return refuse("sources without a signing key (apt would trust any key)".into());
     }
-    let signed_by: Vec<String> = keys
+    let names: Vec<String> = keys.iter().map(|(name, _)| name.clone()).collect();
+    let text = render(root, desired.channel.as_deref(), &desired.entries, &names)?;
+    Ok(ValidSources {
+        source_file: Some(text),
+        keys,
+    })
+}
+
+/// The deb822 text of `entries`, each signed by the key files `key_names` under the root's
+/// keyrings directory. Every entry is validated first.
+pub fn render(
+    root: &HostRoot,
+    channel: Option<&str>,
+    entries: &[SourceEntry],
+    key_names: &[String],
+) -> Result<String, SourcesError> {
+    let refuse = |what: String| Err(SourcesError::Refused(what));
+    let signed_by: Vec<String> = key_names
         .iter()
-        .map(|(name, _)| root.keyrings_dir().join(name).display().to_string())
+        .map(|name| root.keyrings_dir().join(name).display().to_string())
         .collect();
     for path in &signed_by {
         if path.chars().any(char::is_whitespace) {
@@ -133,10 +150,11 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     let mut text = String::from(
         "# Written by aptgate-agent from the server's assignment; it rewrites this file.\n",
     );
-    if let Some(channel) = &desired.channel {
+    if let Some(channel) = channel {
+        no_control("channel", channel)?;
         writeln!(text, "# Channel: {channel}").unwrap();
     }
-    for entry in &desired.entries {
+    for entry in entries {
         validate_entry(entry)?;
         text.push('\n');
         writeln!(text, "Types: deb").unwrap();
@@ -148,10 +166,7 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
         }
         writeln!(text, "Signed-By: {}", signed_by.join(" ")).unwrap();
     }
-    Ok(ValidSources {
-        source_file: Some(text),
-        keys,
-    })
+    Ok(text)
 }
 
 fn validate_entry(entry: &SourceEntry) -> Result<(), SourcesError> {
