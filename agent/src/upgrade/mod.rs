@@ -311,7 +311,13 @@ impl<'a> Upgrade<'a> {
                 Ok(Step::Release)
             }
             Step::Release => {
-                self.report(run, HolderState::Released).await?;
+                match self.report(run, HolderState::Released).await {
+                    // Released before an interruption (or by an admin): the slot is free.
+                    Err(StepOutcome::Lost(message)) => {
+                        tracing::info!("the lease is released already ({message})");
+                    }
+                    other => other?,
+                }
                 self.upload_inventory().await;
                 let snapshot = self.plan(run)?.snapshot.clone().unwrap_or_default();
                 run.outcome = Some(format!("upgraded to snapshot {snapshot}"));
