@@ -188,10 +188,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Status { json } => {
             let state = agent.status()?;
+            let run = aptgate_agent::upgrade::run_state::load(&agent.state_dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&state))?);
+                let mut value = status_json(&state);
+                value["upgrade_run"] = serde_json::to_value(&run)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_status(&state);
+                if let Some(run) = run {
+                    print_run(&run);
+                }
             }
         }
     }
@@ -244,6 +250,24 @@ fn print_status(state: &AgentState) {
     if !state.pending_results.is_empty() {
         println!("results to send:  {}", state.pending_results.len());
     }
+}
+
+fn print_run(run: &aptgate_agent::upgrade::run_state::RunState) {
+    let snapshot = run
+        .plan
+        .as_ref()
+        .and_then(|p| p.snapshot.clone())
+        .unwrap_or_else(|| "?".into());
+    let how = match (&run.failed, &run.outcome) {
+        (Some(failed), _) => format!("FAILED at {}: {failed}", run.step.as_str()),
+        (None, Some(outcome)) => outcome.clone(),
+        (None, None) => format!("in progress, at {}", run.step.as_str()),
+    };
+    println!(
+        "upgrade run:      {} (snapshot {snapshot}, started {}): {how}",
+        run.run_id,
+        format_time(run.started_at)
+    );
 }
 
 /// `2026-11-30 15:49:42 UTC` from a unix time (no date crate for one line of output).
