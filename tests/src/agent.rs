@@ -147,7 +147,10 @@ impl Machine {
     /// Runs `aptgate-agent upgrade ARGS` to its end: its exit status and stdout.
     pub fn upgrade(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
         let out = self.spawn_upgrade(args).wait_with_output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// What `upgrade` logged so far.

@@ -184,14 +184,13 @@ async fn spawn_and_wait(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut status = None;
     let mut timed_out = false;
+    let mut eof = false;
     // Read until the script exits (or its deadline), then drain what is left for a moment: a
     // daemon the script started may hold the pipe open forever.
     loop {
         tokio::select! {
-            read = receiver.read(&mut buf), if status.is_none() => match read {
-                Ok(0) | Err(_) => {
-                    status = Some(child.wait().await?);
-                }
+            read = receiver.read(&mut buf), if status.is_none() && !eof => match read {
+                Ok(0) | Err(_) => eof = true,
                 Ok(n) => output.push(&buf[..n]),
             },
             exited = child.wait(), if status.is_none() => status = Some(exited?),
@@ -204,11 +203,11 @@ async fn spawn_and_wait(
         }
     }
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(1);
-    while let Ok(Ok(n)) = tokio::time::timeout_at(drain_until, receiver.read(&mut buf)).await {
-        if n == 0 {
-            break;
+    while !eof {
+        match tokio::time::timeout_at(drain_until, receiver.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => output.push(&buf[..n]),
+            _ => eof = true,
         }
-        output.push(&buf[..n]);
     }
     let mut text = output.into_string();
     let status = status.expect("the loop ends with a status");
@@ -338,6 +337,27 @@ mod tests {
         assert_eq!(result.exit_code, Some(3));
         assert_eq!(result.output, "run r1\noops\n");
         assert_eq!(result.dir, "pre_update.d");
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_closes_its_output_still_meets_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = script(
+            dir.path(),
+            "10-quiet",
+            "exec >/dev/null 2>&1; sleep 30",
+            0o755,
+        );
+        let result = run(
+            "pre_update.d",
+            "10-quiet",
+            &path,
+            &[],
+            &[],
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(result.exit_code, None, "{}", result.output);
     }
 
     #[tokio::test]
