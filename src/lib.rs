@@ -54,7 +54,7 @@ impl AppState {
         let channels = Channels::open(config, sources, mirror.clone())
             .await
             .context("cannot open the channels")?;
-        let fleet = Fleet::open(channels.clone(), &config.fleet)
+        let fleet = Fleet::open(channels.clone(), &config.fleet, &config.rollout)
             .await
             .context("cannot open the fleet")?;
         Ok(Self {
@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(State(state): State<AppState>) -> String {
     let mut out = state.mirror.metrics().render();
     out.push_str(&state.channels.metrics().render());
+    out.push_str(&state.fleet.rollout_metrics());
     out
 }
 

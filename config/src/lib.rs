@@ -9,10 +9,12 @@
 mod host_apt;
 mod layering;
 mod names;
+mod rollout;
 
 pub use host_apt::{host_sources, HostImport, SkippedEntry};
 pub use layering::{load, ConfigError, LoadOptions, Loaded, Origin, Override};
 pub use names::{ChannelName, InvalidName, SourceName};
+pub use rollout::{MaxConcurrent, RolloutConfig, RolloutGroupConfig, WindowConfig};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -40,6 +42,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Hosts running `aptgate-agent`: check-in timing, where they fetch from, assignment rules.
     pub fleet: FleetConfig,
+    /// Rolling upgrades: rollout groups (`[[rollout.groups]]`) and how waiting agents retry.
+    pub rollout: RolloutConfig,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             sources: Vec::new(),
             channels: Vec::new(),
             fleet: FleetConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }

@@ -8,8 +8,8 @@ use crate::selector::check_labels;
 use crate::store::{effective, HostRow, HostUpdate, Store};
 use crate::Fleet;
 use aptgate_agent::protocol::{
-    self, CheckinRequest, CheckinResponse, Command, CommandKind, DesiredSources, HostStatus,
-    WaitResponse, MAX_INVENTORY_BYTES, MAX_OUTPUT_BYTES,
+    self, rollout, CheckinRequest, CheckinResponse, Command, CommandKind, DesiredSources,
+    HostStatus, WaitResponse, MAX_INVENTORY_BYTES, MAX_OUTPUT_BYTES,
 };
 use aptgate_channels::now;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
@@ -44,6 +44,57 @@ where
             put(inventory).layer(DefaultBodyLimit::max(MAX_INVENTORY_BYTES)),
         )
         .route(protocol::WAIT_PATH, get(wait))
+        .route(rollout::RUN_PLAN_PATH, post(run_plan))
+        .route(rollout::LEASE_ACQUIRE_PATH, post(lease_acquire))
+        .route(
+            rollout::LEASE_REPORT_PATH,
+            post(lease_report).layer(DefaultBodyLimit::max(MAX_CHECKIN_BYTES)),
+        )
+}
+
+/// Parses a signed JSON body.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| FleetError::bad_request("bad_request", format!("invalid {what}: {e}")))
+}
+
+async fn run_plan(
+    State(fleet): State<Arc<Fleet>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<rollout::RunPlan>> {
+    let host = fleet.authenticate(&method, &uri, &headers, &body).await?;
+    let req: rollout::RunPlanRequest = parse(&body, "run plan request")?;
+    let host_header = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    Ok(Json(fleet.run_plan(&host, &req, host_header).await?))
+}
+
+async fn lease_acquire(
+    State(fleet): State<Arc<Fleet>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<rollout::LeaseAnswer>> {
+    let host = fleet.authenticate(&method, &uri, &headers, &body).await?;
+    let req: rollout::LeaseAcquire = parse(&body, "lease request")?;
+    Ok(Json(fleet.acquire_lease(&host, &req).await?))
+}
+
+async fn lease_report(
+    State(fleet): State<Arc<Fleet>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<rollout::LeaseReportAnswer>> {
+    let host = fleet.authenticate(&method, &uri, &headers, &body).await?;
+    let req: rollout::LeaseReport = parse(&body, "lease report")?;
+    Ok(Json(fleet.report_lease(&host, &req).await?))
 }
 
 async fn enroll(

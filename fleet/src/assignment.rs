@@ -173,22 +173,7 @@ impl Fleet {
         let Some(rule) = rule else {
             return Ok(with_rev(DesiredSources::default()));
         };
-        let base =
-            match (&rule.mirror, self.config.public_url.as_str(), host_header) {
-                (Some(m), _, _) => m.clone(),
-                (None, url, _) if !url.is_empty() => url.to_owned(),
-                (None, _, Some(h))
-                    if !h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
-                {
-                    format!("http://{h}")
-                }
-                _ => return Err(FleetError::bad_request(
-                    "no_server_url",
-                    "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
-                )),
-            };
+        let base = self.base_url(rule, host_header)?;
         let uri = format!("{}/channels/{}/", base.trim_end_matches('/'), rule.channel);
         let entries = match self.channels.channel_view(&rule.channel).await? {
             Some(view) => view
@@ -210,6 +195,30 @@ impl Fleet {
             keys: self.channel_keys()?.as_ref().clone(),
             disable_other_sources: rule.disable_other_sources,
         }))
+    }
+}
+
+impl Fleet {
+    /// The base URL hosts assigned by `rule` fetch from: the rule's mirror, else
+    /// `fleet.public_url`, else the `Host` of the agent's request.
+    pub(crate) fn base_url(&self, rule: &Rule, host_header: Option<&str>) -> Result<String> {
+        Ok(
+            match (&rule.mirror, self.config.public_url.as_str(), host_header) {
+                (Some(m), _, _) => m.clone(),
+                (None, url, _) if !url.is_empty() => url.to_owned(),
+                (None, _, Some(h))
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) =>
+                {
+                    format!("http://{h}")
+                }
+                _ => return Err(FleetError::bad_request(
+                    "no_server_url",
+                    "cannot tell the URL hosts reach this server at\nhint: set fleet.public_url",
+                )),
+            },
+        )
     }
 }
 

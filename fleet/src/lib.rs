@@ -16,6 +16,7 @@
 //! | `pending.rs` | updates available and awaiting approval, per host and fleet-wide |
 //! | `impact.rs` | what moving a channel would upgrade or leave behind on its hosts |
 //! | `profiles.rs` | package profiles: desired packages by label, merged per host; compliance |
+//! | `rollout/` | rolling upgrades: rollout groups, the group lease, stuck holders, run plans |
 //! | `admin/` | the admin routes under `/api/v1/fleet/` (behind the admin token) |
 
 pub mod admin;
@@ -29,6 +30,7 @@ mod installed;
 pub mod inventory;
 pub mod pending;
 pub mod profiles;
+pub mod rollout;
 pub mod selector;
 pub mod store;
 mod waiters;
@@ -37,7 +39,7 @@ pub use error::{FleetError, Result};
 
 use aptgate_channels::catalog::Backend;
 use aptgate_channels::Channels;
-use aptgate_config::FleetConfig;
+use aptgate_config::{FleetConfig, RolloutConfig};
 use std::sync::{Arc, Mutex};
 
 /// The fleet service: what every fleet route shares.
@@ -52,12 +54,18 @@ pub struct Fleet {
     pub(crate) keys: Mutex<Option<(Vec<String>, Arc<Vec<aptgate_agent::protocol::ChannelKey>>)>>,
     pub(crate) pending: pending::PendingCache,
     pub(crate) profiles: profiles::ProfileCache,
+    pub(crate) rollout: RolloutConfig,
+    pub(crate) stuck: rollout::StuckGauge,
 }
 
 impl Fleet {
     /// Brings the fleet's tables up to date in the channels' catalog, checks the configured
     /// rules and starts watching for revisions raised by other server instances.
-    pub async fn open(channels: Arc<Channels>, config: &FleetConfig) -> Result<Arc<Self>> {
+    pub async fn open(
+        channels: Arc<Channels>,
+        config: &FleetConfig,
+        rollout: &RolloutConfig,
+    ) -> Result<Arc<Self>> {
         let catalog = channels.catalog();
         let migrations = match catalog.backend() {
             Backend::Sqlite => &store::SQLITE_MIGRATIONS,
@@ -88,8 +96,15 @@ impl Fleet {
             keys: Mutex::new(None),
             pending: pending::PendingCache::default(),
             profiles: profiles::ProfileCache::default(),
+            rollout: rollout.clone(),
+            stuck: rollout::StuckGauge::default(),
         });
+        fleet.sync_configured_groups().await?;
         tokio::spawn(Fleet::watch_revisions(Arc::downgrade(&fleet)));
+        tokio::spawn(Fleet::watch_stuck(
+            Arc::downgrade(&fleet),
+            std::time::Duration::from_secs(rollout.stuck_check_secs.max(1)),
+        ));
         Ok(fleet)
     }
 

@@ -8,6 +8,7 @@ mod hosts;
 mod impact;
 mod profiles;
 mod queue;
+mod rollout;
 mod rules;
 mod tokens;
 
@@ -55,6 +56,13 @@ where
         endpoint(M::DELETE, "/api/v1/fleet/profiles/{name}", profiles::remove, "Remove a package profile (?comment=); what it installed stays"),
         endpoint(M::GET, "/api/v1/fleet/compliance", profiles::compliance, "Compliance per profile, from the hosts' inventories: compliant hosts, the others with what is wrong, hosts no profile covers (?selector=)"),
         endpoint(M::POST, "/api/v1/fleet/decline", queue::decline, "Decline versions: hidden from the queue until a newer one appears ({\"channel\", \"packages\": [\"name[:arch]=version\"], \"comment\"?})"),
+        endpoint(M::GET, "/api/v1/rollout/groups", rollout::list, "Rollout groups: selector, max_concurrent, failure budget, windows, deadlines, paused, origin (config or api)"),
+        endpoint(M::POST, "/api/v1/rollout/groups", rollout::create, "Create a rollout group ({\"name\", \"selector\"?, \"max_concurrent\"?: 2 | \"25%\", \"failure_budget\"?, \"windows\"?: [{\"days\", \"start\", \"end\", \"time_zone\"}], \"reboot_grace_secs\"?, \"heartbeat_deadline_secs\"?, \"expire_stuck\"?, \"paused\"?, \"comment\"?})"),
+        endpoint(M::GET, "/api/v1/rollout/groups/{name}", rollout::status, "A group's wave: settings, window open, hosts done, in progress (state, since), failed, stuck, waiting (position)"),
+        endpoint(M::DELETE, "/api/v1/rollout/groups/{name}", rollout::delete, "Delete a rollout group created through the API, with no slot held (?comment=)"),
+        endpoint(M::POST, "/api/v1/rollout/groups/{name}/pause", rollout::pause, "Pause a group: no new leases ({\"comment\"?})"),
+        endpoint(M::POST, "/api/v1/rollout/groups/{name}/resume", rollout::resume, "Resume a group and start a new wave: earlier failures no longer count ({\"comment\"?})"),
+        endpoint(M::POST, "/api/v1/rollout/hosts/{host}/release", rollout::release, "Release the slots a host holds (failed, stuck or in progress); its agent's next report is refused ({\"comment\"?})"),
         endpoint(M::POST, "/api/v1/fleet/impact", impact::impact, "What a move would do, changing nothing: the channel's diff and, from inventories, upgrades per package and host ({\"channel\", \"snapshot\"} or {\"promote\": {\"from\", \"to\", \"only\"?}})"),
     ]
 }

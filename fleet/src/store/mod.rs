@@ -10,6 +10,7 @@ mod inventories;
 mod labels;
 mod nonces;
 mod profiles;
+mod rollouts;
 mod rules;
 mod tokens;
 
@@ -19,6 +20,7 @@ pub use declines::Decline;
 pub use hosts::{HostRow, HostUpdate, NewHost};
 pub use labels::{effective, LabelOrigin, LabelRow};
 pub use profiles::ProfileRow;
+pub use rollouts::{GroupRow, LeaseRow, WaiterRow};
 pub use rules::RuleRow;
 pub use tokens::{NewToken, TokenRow};
 
