@@ -4,7 +4,7 @@
 //! - five hosts in a group of `max_concurrent = 2` all upgrade, never more than two holding a
 //!   slot at once (read from the server's audit timeline);
 //! - a failing `pre_update.d` hook keeps its slot, the wave stops at the failure budget, and an
-//!   admin release lets it go on;
+//!   admin release (and resume) lets it go on;
 //! - an agent killed in every step, and by its own reboot, finishes its run exactly once and
 //!   releases after `post_update.d`.
 
@@ -264,14 +264,26 @@ async fn five_hosts_upgrade_two_at_a_time_and_a_failed_host_stops_the_wave_until
         "{timeline:#?}"
     );
 
-    // An admin releases web1's slot: the others go on.
-    Admin::new(&s.app.url, s.app.data_dir())
+    // An admin releases web1's slot and resumes the group (the server counts a released
+    // failure against the wave until a resume starts a new one): the others go on.
+    let admin = Admin::new(&s.app.url, s.app.data_dir());
+    let comment = Some(serde_json::json!({"comment": "replication fixed"}));
+    admin
         .ok(
             "POST",
             &format!("/api/v1/rollout/hosts/{web1_id}/release"),
-            Some(serde_json::json!({"comment": "replication fixed"})),
+            comment.clone(),
         )
         .await;
+    admin
+        .ok("POST", "/api/v1/rollout/groups/web/resume", comment)
+        .await;
+    let timeline = lease_timeline(&s).await;
+    assert_eq!(
+        timeline.iter().rfind(|(host, _, _)| *host == web1_id),
+        Some(&(web1_id.clone(), Some("failed".into()), "released".into())),
+        "{timeline:#?}"
+    );
     let rest: Vec<&Machine> = machines[1..].iter().collect();
     let results = upgrade_all(&rest).await;
     for ((status, stdout), m) in results.iter().zip(&rest) {
