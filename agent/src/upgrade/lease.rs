@@ -12,6 +12,10 @@ use crate::{
     },
 };
 
+/// Hook results in one report at most (the newest kept): 32 × 64 KiB of output stays well
+/// under the server's 4 MiB body limit for reports.
+const MAX_HOOKS_PER_REPORT: usize = 32;
+
 /// Transient failures of one report are retried this many times (1 s, 2 s, 4 s, …).
 const REPORT_TRIES: u32 = 5;
 
@@ -176,8 +180,11 @@ pub fn holder_report(
     state: HolderState,
     step: &str,
     detail: Option<String>,
-    hooks: Vec<HookResult>,
+    mut hooks: Vec<HookResult>,
 ) -> LeaseReport {
+    if hooks.len() > MAX_HOOKS_PER_REPORT {
+        hooks.drain(..hooks.len() - MAX_HOOKS_PER_REPORT);
+    }
     LeaseReport {
         run_id: run_id.to_owned(),
         fence,
