@@ -9,8 +9,10 @@ use reqwest::{header, Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use crate::protocol::{
-    self, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, HostKey,
-    InventoryAccepted, InventoryUpload, WaitResponse,
+    self,
+    rollout::{LeaseAcquire, LeaseAnswer, LeaseReport, LeaseReportAnswer, RunPlan, RunPlanRequest},
+    CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, HostKey, InventoryAccepted,
+    InventoryUpload, WaitResponse,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server's machine code for a refused request (`stale_fence`, …), if it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Unauthorized { code, .. } | ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
     /// Worth retrying later: the network, or the server having a bad moment.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -147,6 +157,35 @@ impl AgentClient {
             Duration::from_secs(300),
         )
         .await
+    }
+
+    /// Fixes what run `run_id` upgrades to ([`protocol::rollout`]).
+    pub async fn plan_run(&self, request: &RunPlanRequest) -> Result<RunPlan, ClientError> {
+        self.post(protocol::rollout::RUN_PLAN_PATH, request).await
+    }
+
+    pub async fn acquire_lease(&self, request: &LeaseAcquire) -> Result<LeaseAnswer, ClientError> {
+        self.post(protocol::rollout::LEASE_ACQUIRE_PATH, request)
+            .await
+    }
+
+    /// A holder's state change or heartbeat; `409 stale_fence` when the slot is no longer ours.
+    pub async fn report_lease(
+        &self,
+        report: &LeaseReport,
+    ) -> Result<LeaseReportAnswer, ClientError> {
+        self.post(protocol::rollout::LEASE_REPORT_PATH, report)
+            .await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(request).expect("serializes");
+        self.send(Method::POST, path, body, None, DEFAULT_TIMEOUT)
+            .await
     }
 
     /// Holds `GET /wait?rev=N` open up to `hold`; the server answers when the host's revision

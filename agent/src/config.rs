@@ -7,6 +7,10 @@
 //! apt_lock_timeout_secs = 300
 //! [labels]
 //! site = "berlin"
+//! [upgrade]
+//! reboot_cmd = ["systemctl", "reboot"]
+//! hook_timeout_secs = 300
+//! update_timeout_secs = 1800
 //! ```
 
 use std::path::Path;
@@ -25,6 +29,43 @@ pub struct AgentConfig {
     pub disable_other_sources: bool,
     /// How long apt waits for the dpkg lock (`DPkg::Lock::Timeout`) before a command fails.
     pub apt_lock_timeout_secs: u64,
+    /// `aptgate-agent upgrade`: hooks, reboot, lease timing.
+    pub upgrade: UpgradeConfig,
+}
+
+/// The `[upgrade]` table: how `aptgate-agent upgrade` runs its steps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// The command that reboots the host (argv, no shell).
+    pub reboot_cmd: Vec<String>,
+    /// How long to wait for the host to go down after `reboot_cmd` returned before calling
+    /// the reboot failed.
+    pub reboot_wait_secs: u64,
+    /// Timeout of each script in `needs_update.d`, `pre_update.d`, `needs_reboot.d` and
+    /// `post_update.d`.
+    pub hook_timeout_secs: u64,
+    /// Timeout of each script in `update.d`, and of each built-in apt-get call.
+    pub update_timeout_secs: u64,
+    /// How often a lease holder reports while a step runs (the server's heartbeat deadline
+    /// must be longer).
+    pub heartbeat_secs: u64,
+    /// How long one `upgrade` waits for a slot in a full group before it exits (75) and
+    /// leaves the run for the next invocation; 0 waits as long as it takes.
+    pub lease_wait_secs: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self {
+            reboot_cmd: vec!["systemctl".into(), "reboot".into()],
+            reboot_wait_secs: 600,
+            hook_timeout_secs: 300,
+            update_timeout_secs: 1800,
+            heartbeat_secs: 60,
+            lease_wait_secs: 0,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -34,6 +75,7 @@ impl Default for AgentConfig {
             labels: Labels::new(),
             disable_other_sources: false,
             apt_lock_timeout_secs: 300,
+            upgrade: UpgradeConfig::default(),
         }
     }
 }
@@ -95,6 +137,15 @@ mod tests {
         );
         assert_eq!(config.labels["site"], "berlin");
         assert_eq!(config.apt_lock_timeout_secs, 5);
+        fs_err::write(
+            &path,
+            "[upgrade]\nreboot_cmd = [\"/bin/true\"]\nheartbeat_secs = 1\n",
+        )
+        .unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert_eq!(config.upgrade.reboot_cmd, ["/bin/true"]);
+        assert_eq!(config.upgrade.heartbeat_secs, 1);
+        assert_eq!(config.upgrade.hook_timeout_secs, 300);
         fs_err::write(&path, "sever = \"x\"\n").unwrap();
         assert!(AgentConfig::load(&path).is_err());
     }

@@ -400,6 +400,16 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
 /// from a refused host.
 pub fn hint(error: &anyhow::Error, enrolling: bool) -> Option<String> {
     for cause in error.chain() {
+        if let Some(failed) = cause.downcast_ref::<crate::upgrade::RunFailed>() {
+            let retry =
+                "fix the cause, then `aptgate-agent upgrade --retry` resumes the run at that step";
+            return Some(match &failed.group {
+                Some(group) => format!(
+                    "the host keeps its slot in rollout group {group} (fail closed): {retry}, or an admin releases it (`aptgate rollout release HOST`) and the next `upgrade` starts a new run"
+                ),
+                None => format!("{retry}; without --retry the next `upgrade` starts a new run"),
+            });
+        }
         if let Some(state) = cause.downcast_ref::<StateError>() {
             return match state {
                 StateError::NotEnrolled(_) => Some(

@@ -93,7 +93,8 @@ fn architectures(root: &HostRoot) -> Vec<String> {
     architectures
 }
 
-fn kernel() -> String {
+/// The running kernel's release (`6.1.0-9-amd64`).
+pub fn kernel() -> String {
     fs_err::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .ok()

@@ -18,3 +18,4 @@ pub mod protocol;
 pub mod reboot;
 pub mod sources;
 pub mod state;
+pub mod upgrade;

@@ -9,6 +9,7 @@ use aptgate_agent::{
     host_root::HostRoot,
     protocol::Labels,
     state::{AgentState, StateDir},
+    upgrade::{Finished, Upgrade},
 };
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,6 +58,16 @@ enum Command {
     Checkin,
     /// Check in, then wait for news from the server, until SIGTERM or SIGINT.
     Run,
+    /// Run (or resume) a rolling upgrade: plan, needs_update.d, the group's lease,
+    /// pre_update.d, update.d, needs_reboot.d, reboot, post_update.d, release. Exits 0 when
+    /// done or nothing is pending, 75 when the group had no slot in time (the next run asks
+    /// again), 1 on failure.
+    Upgrade {
+        /// Resume a failed run at the step that failed (after fixing its cause) instead of
+        /// reporting it.
+        #[arg(long)]
+        retry: bool,
+    },
     /// Show this host's enrollment and what it last applied and reported.
     Status {
         #[arg(long)]
@@ -93,7 +104,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             if let Some(hint) = cycle::hint(&error, enrolling) {
@@ -104,7 +115,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Exit code of an `upgrade` still waiting for a slot (sysexits' EX_TEMPFAIL).
+const EXIT_STILL_WAITING: u8 = 75;
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(&cli.config)?;
     if !cli.root.is_absolute() {
         bail!(
@@ -112,6 +126,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.root.display()
         );
     }
+    // Hook directories sit next to the configuration file (`/etc/aptgate/pre_update.d`, …).
+    let config_dir = cli
+        .config
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let agent = Agent::new(
         StateDir::new(cli.state_dir),
         HostRoot::new(cli.root),
@@ -155,16 +174,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             agent.run(stop_rx).await?;
         }
+        Command::Upgrade { retry } => match Upgrade::new(&agent, &config_dir)?.run(retry).await? {
+            Finished::Upgraded { snapshot } => {
+                println!("upgraded to snapshot {snapshot}");
+            }
+            Finished::NothingToDo(why) => println!("{why}"),
+            Finished::StillWaiting(why) => {
+                println!(
+                    "no upgrade slot yet ({why}); the next `aptgate-agent upgrade` asks again"
+                );
+                return Ok(ExitCode::from(EXIT_STILL_WAITING));
+            }
+        },
         Command::Status { json } => {
             let state = agent.status()?;
+            let run = aptgate_agent::upgrade::run_state::load(&agent.state_dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&state))?);
+                let mut value = status_json(&state);
+                value["upgrade_run"] = serde_json::to_value(&run)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_status(&state);
+                if let Some(run) = run {
+                    print_run(&run);
+                }
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status_word(state: &AgentState) -> String {
@@ -213,6 +250,24 @@ fn print_status(state: &AgentState) {
     if !state.pending_results.is_empty() {
         println!("results to send:  {}", state.pending_results.len());
     }
+}
+
+fn print_run(run: &aptgate_agent::upgrade::run_state::RunState) {
+    let snapshot = run
+        .plan
+        .as_ref()
+        .and_then(|p| p.snapshot.clone())
+        .unwrap_or_else(|| "?".into());
+    let how = match (&run.failed, &run.outcome) {
+        (Some(failed), _) => format!("FAILED at {}: {failed}", run.step.as_str()),
+        (None, Some(outcome)) => outcome.clone(),
+        (None, None) => format!("in progress, at {}", run.step.as_str()),
+    };
+    println!(
+        "upgrade run:      {} (snapshot {snapshot}, started {}): {how}",
+        run.run_id,
+        format_time(run.started_at)
+    );
 }
 
 /// `2026-11-30 15:49:42 UTC` from a unix time (no date crate for one line of output).

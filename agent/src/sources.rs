@@ -131,9 +131,36 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     if keys.is_empty() {
         return refuse("sources without a signing key (apt would trust any key)".into());
     }
-    let signed_by: Vec<String> = keys
+    let names: Vec<String> = keys.iter().map(|(name, _)| name.clone()).collect();
+    let mirror_list = validate_mirrors(root, desired)?;
+    let text = render(
+        root,
+        desired.channel.as_deref(),
+        &desired.entries,
+        &names,
+        mirror_list.as_ref().map(MirrorList::source_uri).as_deref(),
+    )?;
+    Ok(ValidSources {
+        source_file: Some(text),
+        keys,
+        mirror_list,
+    })
+}
+
+/// The deb822 text of `entries`, each signed by the key files `key_names` under the root's
+/// keyrings directory. Every entry is validated first. `mirror_uri` (a `mirror+file:` URI)
+/// replaces every entry's URIs when the server names replicas.
+pub fn render(
+    root: &HostRoot,
+    channel: Option<&str>,
+    entries: &[SourceEntry],
+    key_names: &[String],
+    mirror_uri: Option<&str>,
+) -> Result<String, SourcesError> {
+    let refuse = |what: String| Err(SourcesError::Refused(what));
+    let signed_by: Vec<String> = key_names
         .iter()
-        .map(|(name, _)| root.keyrings_dir().join(name).display().to_string())
+        .map(|name| root.keyrings_dir().join(name).display().to_string())
         .collect();
     for path in &signed_by {
         if path.chars().any(char::is_whitespace) {
@@ -143,16 +170,16 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
     let mut text = String::from(
         "# Written by aptgate-agent from the server's assignment; it rewrites this file.\n",
     );
-    if let Some(channel) = &desired.channel {
+    if let Some(channel) = channel {
+        no_control("channel", channel)?;
         writeln!(text, "# Channel: {channel}").unwrap();
     }
-    for entry in &desired.entries {
+    for entry in entries {
         validate_entry(entry)?;
     }
-    let mirror_list = validate_mirrors(root, desired)?;
-    for entry in &desired.entries {
-        let uris = match &mirror_list {
-            Some(list) => list.source_uri(),
+    for entry in entries {
+        let uris = match mirror_uri {
+            Some(uri) => uri.to_owned(),
             None => entry.uris.join(" "),
         };
         text.push('\n');
@@ -165,11 +192,7 @@ pub fn validate(root: &HostRoot, desired: &DesiredSources) -> Result<ValidSource
         }
         writeln!(text, "Signed-By: {}", signed_by.join(" ")).unwrap();
     }
-    Ok(ValidSources {
-        source_file: Some(text),
-        keys,
-        mirror_list,
-    })
+    Ok(text)
 }
 
 /// The mirror list for the entries, when the server names replicas: every entry must have the

@@ -97,6 +97,85 @@ impl Machine {
         self.start();
     }
 
+    /// The machine's directory: the agent's config file and hook directories live here.
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.state.parent().unwrap().to_owned()
+    }
+
+    /// Writes the agent's `agent.toml`.
+    pub fn write_config(&self, toml: &str) {
+        fs_err::write(self.state.with_file_name("agent.toml"), toml).unwrap();
+    }
+
+    /// Adds an executable hook script `name` (a `/bin/sh` body) to `<dir>.d`, e.g.
+    /// `hook("pre_update", "10-drain", "exit 0")`.
+    pub fn hook(&self, step: &str, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.dir().join(format!("{step}.d"));
+        fs_err::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        fs_err::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Sets the boot id the agent reads under its root (a simulated reboot changes it).
+    pub fn set_boot_id(&self, id: &str) {
+        let path = self.root.join("proc/sys/kernel/random/boot_id");
+        fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+        fs_err::write(path, format!("{id}\n")).unwrap();
+    }
+
+    /// `aptgate-agent upgrade ARGS` as a process, its stderr appended to `upgrade.log`.
+    pub fn spawn_upgrade(&self, args: &[&str]) -> std::process::Child {
+        let log = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.with_file_name("upgrade.log"))
+            .unwrap()
+            .into_parts()
+            .0;
+        self.command()
+            .arg("upgrade")
+            .args(args)
+            .env("APTGATE_AGENT_LOG", "info,hyper_util=info,reqwest=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs `aptgate-agent upgrade ARGS` to its end: its exit status and stdout.
+    pub fn upgrade(&self, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let out = self.spawn_upgrade(args).wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// What `upgrade` logged so far.
+    pub fn upgrade_log(&self) -> String {
+        fs_err::read_to_string(self.state.with_file_name("upgrade.log")).unwrap_or_default()
+    }
+
+    /// The agent's `run.json` (the upgrade run), or `Null`.
+    pub fn run_state(&self) -> serde_json::Value {
+        fs_err::read_to_string(self.state.join("run.json"))
+            .map(|text| serde_json::from_str(&text).unwrap())
+            .unwrap_or_default()
+    }
+
+    /// Runs `aptgate-agent checkin` once and asserts it succeeded.
+    pub fn checkin(&self) {
+        let out = self.command().arg("checkin").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn log(&self) -> String {
         fs_err::read_to_string(self.state.with_file_name("agent.log")).unwrap_or_default()
     }
@@ -155,10 +234,13 @@ impl Machine {
             .arg("-l")
             .output()
             .unwrap();
+        let upgrade = self.upgrade_log();
+        let upgrade: Vec<&str> = upgrade.lines().collect();
         format!(
-            "--- {}\n{}\n{}{}",
+            "--- {}\n{}\n{}\n{}{}",
             self.name,
             lines[lines.len().saturating_sub(30)..].join("\n"),
+            upgrade[upgrade.len().saturating_sub(30)..].join("\n"),
             String::from_utf8_lossy(&dpkg.stdout),
             String::from_utf8_lossy(&dpkg.stderr)
         )
