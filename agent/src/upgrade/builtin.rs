@@ -131,8 +131,14 @@ fn write_sources(
             "no channel keys under etc/apt/keyrings yet: run `aptgate-agent checkin` first".into(),
         );
     }
-    let text = sources::render(root, plan.channel.as_deref(), &plan.entries, channel_keys, None)
-        .map_err(|e| e.to_string())?;
+    let text = sources::render(
+        root,
+        plan.channel.as_deref(),
+        &plan.entries,
+        channel_keys,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| format!("writing the snapshot's sources: {e}");
     fs_err::create_dir_all(&run_apt.source_parts).map_err(io)?;
     fs_err::create_dir_all(run_apt.lists.join("partial")).map_err(io)?;
