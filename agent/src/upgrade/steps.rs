@@ -68,6 +68,24 @@ impl Upgrade<'_> {
         run.hooks_unreported.push(result);
     }
 
+    /// Runs one hook script of `step`'s directory, reporting a heartbeat while it runs.
+    async fn run_hook(
+        &self,
+        run: &RunState,
+        step: Step,
+        script: &Path,
+        name: &str,
+        env: &[(String, String)],
+    ) -> HookResult {
+        lease::with_heartbeat(
+            &self.client,
+            self.heartbeat(run, Self::holder_state(step)),
+            self.heartbeat_every(),
+            hooks::run(&dir_label(step), name, script, &[], env, self.timeout(step)),
+        )
+        .await
+    }
+
     /// A question directory (`needs_update.d`, `needs_reboot.d`): every script runs; exit 0
     /// means yes, 1 means no, anything else fails the step. `None` when it has no scripts.
     /// Returns whether any said yes, and which.
@@ -86,20 +104,7 @@ impl Upgrade<'_> {
         let mut yes = Vec::new();
         for script in scripts {
             let name = file_name(&script);
-            let result = lease::with_heartbeat(
-                &self.client,
-                self.heartbeat(run, Self::holder_state(step)),
-                self.heartbeat_every(),
-                hooks::run(
-                    &dir_label(step),
-                    &name,
-                    &script,
-                    &[],
-                    &env,
-                    self.timeout(step),
-                ),
-            )
-            .await;
+            let result = self.run_hook(run, step, &script, &name, &env).await;
             let code = result.exit_code;
             self.record(run, result);
             match code {
@@ -135,20 +140,7 @@ impl Upgrade<'_> {
                 );
                 continue;
             }
-            let result = lease::with_heartbeat(
-                &self.client,
-                self.heartbeat(run, Self::holder_state(step)),
-                self.heartbeat_every(),
-                hooks::run(
-                    &dir_label(step),
-                    &name,
-                    &script,
-                    &[],
-                    &env,
-                    self.timeout(step),
-                ),
-            )
-            .await;
+            let result = self.run_hook(run, step, &script, &name, &env).await;
             let code = result.exit_code;
             let output = result.output.clone();
             self.record(run, result);
