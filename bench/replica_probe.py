@@ -2,13 +2,14 @@
 """Small probes for bench/replicas.sh (stdlib only).
 
     replica_probe.py seq URL TOKEN            the canonical feed's current seq
-    replica_probe.py wait URL SEQ [TIMEOUT]   polls URL/status every 10 ms until seq_applied >= SEQ;
-                                              prints the time it saw it (unix seconds)
+    replica_probe.py wait URL SEQ [SHA256]    polls URL/status every 10 ms until seq_applied >= SEQ
+                                              and (if given) `approved` is served with the InRelease
+                                              of this digest; prints the time (unix seconds)
     replica_probe.py content URL CHANNEL OUT  what the channel publishes: its Release files, the
                                               indices InRelease lists and the .debs its Packages
                                               list (digest → size), as JSON
     replica_probe.py new BEFORE AFTER         bytes a follower must fetch to go from BEFORE to
-                                              AFTER: "INDEX_BYTES DEB_BYTES"
+                                              AFTER: "INDICES_ALL_FORMS INDICES_SMALLEST DEBS"
     replica_probe.py versions URL CHANNEL     packages at the bumped version 1.0-2 in the
                                               channel's binary indices
 """
@@ -34,12 +35,20 @@ def seq(url, token):
     print(m.group(1))
 
 
-def wait(url, want, timeout=600.0):
+def serves(status, in_release):
+    """Whether the status shows `approved` served with this InRelease (any when None)."""
+    if in_release is None:
+        return True
+    suites = status.get("channels", {}).get("approved", {}).get("in_release_sha256", {})
+    return in_release in suites.values()
+
+
+def wait(url, want, in_release=None, timeout=600.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             status = json.loads(get(f"{url}/status"))
-            if (status.get("seq_applied") or 0) >= want:
+            if (status.get("seq_applied") or 0) >= want and serves(status, in_release):
                 print(f"{time.time():.3f}")
                 return
         except (urllib.error.URLError, ConnectionError, ValueError):
@@ -69,7 +78,7 @@ def content(url, channel, out):
         body = get(f"{base}/{name}")
         release[name] = len(body)
     entries = sha256_section(get(f"{base}/Release").decode())
-    indices = {d: s for d, s, _ in entries}
+    indices = {d: [s, p] for d, s, p in entries}
     debs = {}
     for _, _, path in entries:
         if not path.endswith("/Packages"):
@@ -84,11 +93,18 @@ def content(url, channel, out):
 
 
 def new(before, after):
+    """Release files + new indices in every form, the same in their smallest form (of
+    `Packages`, `.gz`, `.xz` only the smallest travels to a replica; the plain one is made
+    from it), and new .debs."""
     b, a = json.load(open(before)), json.load(open(after))
-    index = sum(a["release"].values())
-    index += sum(s for d, s in a["indices"].items() if d not in b["indices"])
+    release = sum(a["release"].values())
+    fresh = [(s, p) for d, (s, p) in a["indices"].items() if d not in b["indices"]]
+    smallest = {}
+    for s, p in fresh:
+        stem = re.sub(r"\.(gz|xz|bz2|lzma|zst)$", "", p)
+        smallest[stem] = min(s, smallest.get(stem, s))
     debs = sum(s for d, s in a["debs"].items() if d not in b["debs"])
-    print(index, debs)
+    print(release + sum(s for s, _ in fresh), release + sum(smallest.values()), debs)
 
 
 def versions(url, channel):
@@ -104,7 +120,7 @@ cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == "seq":
     seq(*args)
 elif cmd == "wait":
-    wait(args[0], int(args[1]), *(float(a) for a in args[2:]))
+    wait(args[0], int(args[1]), *args[2:3])
 elif cmd == "content":
     content(*args)
 elif cmd == "new":

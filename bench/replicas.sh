@@ -41,7 +41,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "== kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -160,7 +160,7 @@ prepare_replica() { # DIR PORT PARENT_URL FINGERPRINT TOKEN NAME POLICY
     --token "$token" --name "$name" --channel approved "${extra[@]}" 2>/dev/null
 }
 start_replica() { # DIR → pid
-  APTGATE_LOG=warn "$APTGATE" --config "$1/aptgate.toml" serve >"$1/serve.log" 2>&1 &
+  APTGATE_LOG=${REPLICA_LOG:-warn} "$APTGATE" --config "$1/aptgate.toml" serve >"$1/serve.log" 2>&1 &
   echo $!
 }
 
@@ -191,8 +191,9 @@ for N in $NS; do
   SEQ1=$("${PROBE[@]}" seq "$CANON" "$PROBE_TOKEN")
   "${PROBE[@]}" content "$CANON" approved "$D/content-base.json"
   echo '{"release": {}, "indices": {}, "debs": {}}' >"$D/content-empty.json"
-  read -r IDX1 DEBS1 < <("${PROBE[@]}" new "$D/content-empty.json" "$D/content-base.json")
-  put "$N" "content: indices of approved (bytes)" "$IDX1"
+  read -r IDXALL1 IDX1 DEBS1 < <("${PROBE[@]}" new "$D/content-empty.json" "$D/content-base.json")
+  put "$N" "content: Release files + indices of approved, every form (bytes)" "$IDXALL1"
+  put "$N" "content: Release files + indices of approved, smallest form (bytes)" "$IDX1"
   put "$N" "content: .debs of approved (bytes)" "$DEBS1"
 
   # --- (a) first full sync of a replica, on_demand and immediate --------------------------
@@ -228,20 +229,25 @@ for N in $NS; do
   "${C[@]}" promote --from testing --to approved >>"$D/out" 2>&1
   put "$N" "canonical: incremental sync + promotion (s)" "$(minus "$(now)" "$t0")"
   SEQ2=$("${PROBE[@]}" seq "$CANON" "$PROBE_TOKEN")
+  # The replica is done when it serves the canonical's new InRelease (not only a seq >= SEQ2).
+  IN_RELEASE2=$(curl -sf "$CANON/channels/approved/dists/stable/InRelease" | sha256sum | cut -d' ' -f1)
   "${PROBE[@]}" content "$CANON" approved "$D/content-next.json"
-  read -r IDX2 DEBS2 < <("${PROBE[@]}" new "$D/content-base.json" "$D/content-next.json")
-  put "$N" "change: new indices + Release files of approved (bytes)" "$IDX2"
+  read -r IDXALL2 IDX2 DEBS2 < <("${PROBE[@]}" new "$D/content-base.json" "$D/content-next.json")
+  put "$N" "change: Release files + new indices of approved, every form (bytes)" "$IDXALL2"
+  put "$N" "change: Release files + new indices of approved, smallest form (bytes)" "$IDX2"
   put "$N" "change: new .debs of approved (bytes)" "$DEBS2"
   BUMPED=$("${PROBE[@]}" versions "$CANON" approved)
   put "$N" "change: packages at the new version in approved (canonical)" "$BUMPED"
   for policy in on_demand immediate; do
     t0=$(now)
     kill -CONT "${RPID[$policy]}"
-    t1=$("${PROBE[@]}" wait "${RURL[$policy]}" "$SEQ2")
+    t1=$("${PROBE[@]}" wait "${RURL[$policy]}" "$SEQ2" "$IN_RELEASE2")
     put "$N" "aptgate $policy: incremental sync (s)" "$(minus "$t1" "$t0")"
     put "$N" "aptgate $policy: incremental sync (bytes)" "$(wire "${RCTL[$policy]}")"
     put "$N" "aptgate $policy: packages at the new version served" \
       "$("${PROBE[@]}" versions "${RURL[$policy]}" approved)"
+    curl -s "${RURL[$policy]}/status" >"$D/replica-$policy/status-after.json"
+    echo "seq2=$SEQ2" >>"$D/replica-$policy/status-after.json"
   done
   for policy in on_demand immediate; do kill "${RPID[$policy]}"; done
   kill "$CPID"
@@ -296,7 +302,7 @@ EOF
     "$(cat "$D"/copy/dists/stable/*/binary-*/Packages | grep -c '^Version: 1.0-2$' || true)"
   kill "$RSYNCD" "$UPSTREAM_PID"
   wait "$RSYNCD" "$UPSTREAM_PID" 2>/dev/null || true
-  rm -rf "$D"
+  [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$D"
 done
 
 # --- report --------------------------------------------------------------------------------
@@ -350,15 +356,15 @@ out()
 
 n = max(ns, key=int)
 verdict = lambda ok: "met" if ok else "**not met**"
-new_idx = g(n, "change: new indices + Release files of approved (bytes)")
+new_idx = g(n, "change: Release files + new indices of approved, smallest form (bytes)")
 new_debs = g(n, "change: new .debs of approved (bytes)")
 out(f"Targets (issue 11) at N = {n}" + ("" if n == "60000" else " (the issue states them for N = 60000)") + ":\n")
 out("| target | measured | result |")
 out("|---|---|---|")
 first = g(n, "aptgate on_demand: first full sync (s)")
 out(f"| first full sync of an `on_demand` replica ≤ 2 s | {first:.2f} s | {verdict(first <= 2)} |")
-for p, content, what in (("immediate", new_idx + new_debs, "new .debs + new indices"),
-                         ("on_demand", new_idx, "new indices; .debs come on request")):
+for p, content, what in (("immediate", new_idx + new_debs, "new .debs + new indices, smallest form"),
+                         ("on_demand", new_idx, "new indices, smallest form; .debs come on request")):
     b = g(n, f"aptgate {p}: incremental sync (bytes)")
     r = ratio(b, content)
     out(f"| `{p}` incremental bytes ≤ 1.05× the new content ({what}) | {b / 1e6:.2f} MB / {content / 1e6:.2f} MB = {fmt(r)} | {verdict(r <= 1.05)} |")
