@@ -367,7 +367,7 @@ for p, content, what in (("immediate", new_idx + new_debs, "new .debs + new indi
                          ("on_demand", new_idx, "new indices, smallest form; .debs come on request")):
     b = g(n, f"aptgate {p}: incremental sync (bytes)")
     r = ratio(b, content)
-    out(f"| `{p}` incremental bytes ≤ 1.05× the new content ({what}) | {b / 1e6:.2f} MB / {content / 1e6:.2f} MB = {fmt(r)} | {verdict(r <= 1.05)} |")
+    out(f"| `{p}` incremental bytes ≤ 1.05× the new content ({what}) | {b / 1e6:.2f} MB / {content / 1e6:.2f} MB = {r:.3f}× | {verdict(r <= 1.05)} |")
 for p in ("immediate", "on_demand"):
     a, b = g(n, f"aptgate {p}: incremental sync (s)"), g(n, "rsync: incremental copy (s)")
     out(f"| `{p}` incremental time ≤ rsync's | {a:.2f} s vs {b:.2f} s ({fmt(ratio(a, b))}) | {verdict(a <= b)} |")
