@@ -52,18 +52,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_http() {
-  for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers at $1" >&2
-  return 1
-}
+# free_port, wait_http, start_nginx
+. "$ROOT/bench/lib.sh"
 
 RESULTS="$WORK/results.tsv" # N  tool  step  seconds  peak-RSS-KiB
 : >"$RESULTS"
@@ -156,27 +146,12 @@ start_upstream() { # DIR → sets UPSTREAM and UPSTREAM_PID
   port=$(free_port)
   if [ "$UPSTREAM_SERVER" = fixture ]; then
     "$FIXTURE" serve "$dir" --port "$port" >/dev/null 2>&1 &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
   else
-    mkdir -p "$WORK/nginx-tmp"
-    cat >"$WORK/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 1024; }
-http {
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx-tmp;
-  types { application/octet-stream deb; }
-  default_type application/octet-stream;
-  server { listen 127.0.0.1:$port; root $dir; access_log off; }
-}
-EOF
-    nginx -p "$WORK" -e "$WORK/nginx.err" -c "$WORK/nginx.conf" &
+    start_nginx "$dir" "$port"
+    UPSTREAM_PID=$NGINX_PID
   fi
-  UPSTREAM_PID=$!
-  PIDS+=("$UPSTREAM_PID")
   UPSTREAM="http://127.0.0.1:$port"
   wait_http "$UPSTREAM/dists/stable/InRelease"
 }

@@ -42,17 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {
-  for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers at $1" >&2
-  return 1
-}
+# free_port, wait_http, start_nginx
+. "$ROOT/bench/lib.sh"
 
 # One simulated host holds a connection per wait: the load generator needs a file descriptor
 # for each, and so does the server. Raise the soft limit as far as the hard one allows (a

@@ -45,18 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_http() {
-  for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers at $1" >&2
-  return 1
-}
+# free_port, wait_http, start_nginx
+. "$ROOT/bench/lib.sh"
 
 RESULTS="$WORK/results.tsv" # N  key  value
 : >"$RESULTS"
@@ -74,25 +64,8 @@ SIGN_KEY=$(gpg --batch --list-keys --with-colons | awk -F: '/^fpr/ {print $10; e
 start_upstream() { # DIR → sets UPSTREAM
   local dir=$1 port
   port=$(free_port)
-  mkdir -p "$WORK/nginx-tmp"
-  cat >"$WORK/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 1024; }
-http {
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx-tmp;
-  types { application/octet-stream deb; }
-  default_type application/octet-stream;
-  server { listen 127.0.0.1:$port; root $dir; access_log off; }
-}
-EOF
-  nginx -p "$WORK" -e "$WORK/nginx.err" -c "$WORK/nginx.conf" &
-  UPSTREAM_PID=$!
-  PIDS+=("$UPSTREAM_PID")
+  start_nginx "$dir" "$port"
+  UPSTREAM_PID=$NGINX_PID
   UPSTREAM="http://127.0.0.1:$port"
   wait_http "$UPSTREAM/dists/stable/InRelease"
 }
