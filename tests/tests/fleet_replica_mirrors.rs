@@ -120,20 +120,24 @@ async fn a_host_installs_through_its_replica_and_falls_back_to_the_server_when_i
     let host = cli(&s, token, &["host", "show", &m.host_id()]).unwrap();
     assert!(host.contains(&replica_url), "{host}");
 
+    // Queues an apt command for `hello` on the Berlin hosts.
+    let berlin_hello = |verb: &str| {
+        cli(
+            &s,
+            token,
+            &[
+                "fleet",
+                "command",
+                "--selector",
+                "site=berlin",
+                verb,
+                "hello",
+            ],
+        )
+        .unwrap()
+    };
     // apt installs through the replica: the proxy passes its requests on.
-    cli(
-        &s,
-        token,
-        &[
-            "fleet",
-            "command",
-            "--selector",
-            "site=berlin",
-            "install",
-            "hello",
-        ],
-    )
-    .unwrap();
+    berlin_hello("install");
     until("hello installed through the replica", &machines, || {
         m.installed("hello").as_deref() == Some("2.10-3")
     })
@@ -154,36 +158,12 @@ async fn a_host_installs_through_its_replica_and_falls_back_to_the_server_when_i
         &m.apt_get(&["update", "--error-on=any"]),
     );
     fs_err::remove_file(&deb).unwrap();
-    cli(
-        &s,
-        token,
-        &[
-            "fleet",
-            "command",
-            "--selector",
-            "site=berlin",
-            "remove",
-            "hello",
-        ],
-    )
-    .unwrap();
+    berlin_hello("remove");
     until("hello removed", &machines, || {
         m.installed("hello").is_none()
     })
     .await;
-    cli(
-        &s,
-        token,
-        &[
-            "fleet",
-            "command",
-            "--selector",
-            "site=berlin",
-            "install",
-            "hello",
-        ],
-    )
-    .unwrap();
+    berlin_hello("install");
     until("hello installed again from the server", &machines, || {
         m.installed("hello").as_deref() == Some("2.10-3")
     })
