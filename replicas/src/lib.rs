@@ -4,9 +4,11 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`protocol`] | the wire contract between a replica and its parent (types, paths, verification) |
+//! | [`batch`] | many small blobs in one answer: the frames a parent writes and a replica reads |
 //! | [`canonical`] | the parent side on the canonical server: the numbered signed feed, blob and status routes, the replica table |
 //! | [`replica`] | replica mode: sync, atomic switch, serving, reporting, and the parent side for chained replicas |
 
+pub mod batch;
 pub mod canonical;
 pub mod protocol;
 pub mod replica;

@@ -7,6 +7,7 @@
 //! | `GET manifest?after=SEQ&wait=SECS` | a [`ManifestEnvelope`]; waits (long poll, ≤ 60 s) while the feed's `seq` ≤ `after` |
 //! | `GET keys` | the armored public keys (`/keys/<name>.asc` on the canonical server) |
 //! | `GET blobs/sha256/<hex>?size=N` | a blob by digest (InRelease, indices, `.deb`s; `Range` honoured) |
+//! | `POST blobs` | many small blobs in one answer (a [`BlobBatch`] in, [`crate::batch`] frames out) |
 //! | `POST status` | a [`ReplicaReport`] (the replica's own, or a child's forwarded) |
 //!
 //! The envelope's `signed` text is an OpenPGP cleartext signature (as `InRelease` is), made
@@ -30,6 +31,7 @@ pub const PROTOCOL: u32 = 1;
 pub const MANIFEST_PATH: &str = "/api/v1/replica/manifest";
 pub const KEYS_PATH: &str = "/api/v1/replica/keys";
 pub const BLOBS_PATH: &str = "/api/v1/replica/blobs/sha256";
+pub const BLOB_BATCH_PATH: &str = "/api/v1/replica/blobs";
 pub const STATUS_PATH: &str = "/api/v1/replica/status";
 
 /// The longest a manifest long poll is held open.
@@ -78,6 +80,19 @@ pub struct FeedChannel {
     #[serde(default)]
     pub grace: Vec<BlobRef>,
 }
+
+/// What `POST blobs` asks for: blobs by digest and size, at most [`BATCH_MAX_BLOBS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobBatch {
+    pub blobs: Vec<BlobRef>,
+}
+
+/// The most blobs one `POST blobs` may ask for.
+pub const BATCH_MAX_BLOBS: usize = 1024;
+
+/// Blobs larger than this are never sent in a batch (a parent reads each batched blob into
+/// memory): they travel alone, streamed, with `Range` for resumes.
+pub const BATCH_MAX_BLOB_SIZE: u64 = 4 << 20;
 
 /// What a replica reports to its parent after every attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -135,21 +135,29 @@ pub async fn fetch(url: &str) -> (u16, Vec<u8>) {
     (status, r.bytes().await.unwrap().to_vec())
 }
 
-/// The `SHA256:` of every package a channel's `Packages` lists (what a replica's pool holds).
+/// The `SHA256:` of every package a channel's `stable` suite lists.
 pub async fn package_digests(server: &str, channel: &str) -> HashSet<String> {
+    suite_package_digests(server, channel, &["stable"]).await
+}
+
+/// The `.deb` digests `channel` lists in every suite of the fixture.
+pub async fn all_package_digests(server: &str, channel: &str) -> HashSet<String> {
+    suite_package_digests(server, channel, &["stable", "testing"]).await
+}
+
+async fn suite_package_digests(server: &str, channel: &str, suites: &[&str]) -> HashSet<String> {
     let mut out = HashSet::new();
-    for index in [
-        "main/binary-amd64/Packages",
-        "contrib/binary-amd64/Packages",
-    ] {
-        let (code, body) =
-            fetch(&format!("{server}/channels/{channel}/dists/stable/{index}")).await;
-        if code != 200 {
-            continue;
-        }
-        for line in String::from_utf8_lossy(&body).lines() {
-            if let Some(hex) = line.strip_prefix("SHA256: ") {
-                out.insert(hex.trim().to_owned());
+    for suite in suites {
+        for component in ["main", "contrib"] {
+            let index = format!("{suite}/{component}/binary-amd64/Packages");
+            let (code, body) = fetch(&format!("{server}/channels/{channel}/dists/{index}")).await;
+            if code != 200 {
+                continue;
+            }
+            for line in String::from_utf8_lossy(&body).lines() {
+                if let Some(hex) = line.strip_prefix("SHA256: ") {
+                    out.insert(hex.trim().to_owned());
+                }
             }
         }
     }
@@ -161,11 +169,15 @@ pub async fn package_digests(server: &str, channel: &str) -> HashSet<String> {
 pub enum Fault {
     #[default]
     None,
-    /// Flips a byte in the next N blob bodies.
+    /// Flips a byte in the next N blob bodies (a batch answer is one body).
     CorruptBlobs(usize),
     /// Sends only half of the next N blob bodies, then cuts the connection.
     TruncateBlobs(usize),
-    /// Answers 503 for these blobs (by hex digest).
+    /// Flips a byte in the middle of the next N batch answers (`POST blobs`).
+    CorruptBatches(usize),
+    /// Sends only half of the next N batch answers, then cuts the connection.
+    TruncateBatches(usize),
+    /// Answers 503 for these blobs (by hex digest), and takes them out of batch requests.
     RefuseBlobs(HashSet<String>),
     /// Changes the signed manifest text (its `seq`), leaving the signature as it was.
     TamperManifest,
@@ -180,7 +192,9 @@ pub struct FaultProxy {
 struct ProxyState {
     target: String,
     fault: Mutex<Fault>,
-    blob_requests: Mutex<usize>,
+    /// The digests asked for one at a time, in order.
+    single_blobs: Mutex<Vec<String>>,
+    batch_requests: Mutex<usize>,
     /// The query of the last manifest request (`after=…&wait=…`).
     manifest_query: Mutex<String>,
     http: reqwest::Client,
@@ -191,7 +205,8 @@ impl FaultProxy {
         let state = Arc::new(ProxyState {
             target: target.trim_end_matches('/').to_owned(),
             fault: Mutex::default(),
-            blob_requests: Mutex::default(),
+            single_blobs: Mutex::default(),
+            batch_requests: Mutex::default(),
             manifest_query: Mutex::default(),
             http: reqwest::Client::builder().no_gzip().build().unwrap(),
         });
@@ -213,8 +228,14 @@ impl FaultProxy {
         self.state.manifest_query.lock().unwrap().clone()
     }
 
-    pub fn blob_requests(&self) -> usize {
-        *self.state.blob_requests.lock().unwrap()
+    /// The blobs the replica asked for one at a time (hex digests, in order).
+    pub fn single_blobs(&self) -> Vec<String> {
+        self.state.single_blobs.lock().unwrap().clone()
+    }
+
+    /// How many `POST blobs` (batches) the replica sent.
+    pub fn batch_requests(&self) -> usize {
+        *self.state.batch_requests.lock().unwrap()
     }
 }
 
@@ -234,8 +255,12 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
         .strip_prefix("/api/v1/replica/blobs/sha256/")
         .map(str::to_owned);
     let manifest = request.uri().path() == "/api/v1/replica/manifest";
-    if blob.is_some() {
-        *p.blob_requests.lock().unwrap() += 1;
+    let batch = request.uri().path() == "/api/v1/replica/blobs";
+    if let Some(hex) = &blob {
+        p.single_blobs.lock().unwrap().push(hex.clone());
+    }
+    if batch {
+        *p.batch_requests.lock().unwrap() += 1;
     }
     if manifest {
         *p.manifest_query.lock().unwrap() = request.uri().query().unwrap_or_default().to_owned();
@@ -246,10 +271,18 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
         }
     }
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let mut body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    if let (true, Fault::RefuseBlobs(refused)) = (batch, &*p.fault.lock().unwrap()) {
+        let mut asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        asked["blobs"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|b| !refused.contains(b["sha256"].as_str().unwrap()));
+        body = serde_json::to_vec(&asked).unwrap().into();
+    }
     let mut upstream = p.http.request(parts.method.clone(), &target).body(body);
     for (name, value) in &parts.headers {
-        if name != "host" {
+        if name != "host" && name != "content-length" {
             upstream = upstream.header(name, value);
         }
     }
@@ -261,14 +294,23 @@ async fn forward(State(p): State<Arc<ProxyState>>, request: Request) -> Response
     let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
     let mut fault = p.fault.lock().unwrap();
     let mut truncate = false;
-    if blob.is_some() && status.is_success() && !bytes.is_empty() {
+    if (blob.is_some() || batch) && status.is_success() && !bytes.is_empty() {
         match &mut *fault {
             Fault::CorruptBlobs(n) if *n > 0 => {
                 *n -= 1;
                 let middle = bytes.len() / 2;
                 bytes[middle] ^= 0x55;
             }
+            Fault::CorruptBatches(n) if *n > 0 && batch => {
+                *n -= 1;
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x55;
+            }
             Fault::TruncateBlobs(n) if *n > 0 => {
+                *n -= 1;
+                truncate = true;
+            }
+            Fault::TruncateBatches(n) if *n > 0 && batch => {
                 *n -= 1;
                 truncate = true;
             }

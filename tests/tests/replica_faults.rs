@@ -3,7 +3,7 @@
 //! tampered manifest or a lower sequence number is refused and the applied state kept; with
 //! the parent down the replica keeps serving and says so; an `immediate` replica never serves
 //! a channel before every package is here, and one killed mid-sync serves its previous state
-//! and completes the sync on the next run.
+//! and completes the sync on the next run; its packages travel in batches, never one by one.
 
 use aptgate_config::FetchPolicy;
 use aptgate_tests::app::client;
@@ -30,6 +30,21 @@ async fn error_mentions(url: &str, needle: &str) -> bool {
         .is_some_and(|m| m.contains(needle))
 }
 
+/// A replica `branch-1` of `s` through `parent`, carrying both channels `immediate`.
+fn immediate_replica(s: &Setup, parent: &str, token: &str) -> aptgate_config::Config {
+    with_policy(
+        replica_config(
+            &s.dir.path().join("r"),
+            parent,
+            &fingerprint(s),
+            token,
+            "branch-1",
+        ),
+        &["testing", "approved"],
+        FetchPolicy::Immediate,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
     let mut s = Setup::new(Backend::Sqlite, Duration::ZERO).await;
@@ -38,17 +53,7 @@ async fn corrupted_and_truncated_blobs_are_fetched_again_and_never_stored() {
     let proxy = FaultProxy::start(&s.app.url).await;
     proxy.set(Fault::CorruptBlobs(3));
     let token = create_token(&s, "branch-1").await;
-    let mut config = with_policy(
-        replica_config(
-            &s.dir.path().join("r"),
-            &proxy.url,
-            &fingerprint(&s),
-            &token,
-            "branch-1",
-        ),
-        &["testing", "approved"],
-        FetchPolicy::Immediate,
-    );
+    let mut config = immediate_replica(&s, &proxy.url, &token);
     config.retention.grace = Duration::ZERO;
     let replica = start_replica(&config);
     let seq = s.app.state.replicas.current().await.unwrap().0;
@@ -164,7 +169,8 @@ async fn a_tampered_manifest_or_a_lower_sequence_is_refused_and_the_applied_stat
 
     // A canonical server restored from an old backup (same key, a fresh catalog): its seq
     // is lower than the one applied. Refused; the replica keeps serving what it applied.
-    let mut p = parts(Backend::Sqlite, Duration::ZERO, FixtureSpec::default()).await;
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(Backend::Sqlite, Duration::ZERO, spec).await;
     let keys = p.config.data_dir.join("keys");
     fs_err::create_dir_all(&keys).unwrap();
     for entry in fs_err::read_dir(s.app.data_dir().join("keys")).unwrap() {
@@ -291,17 +297,7 @@ async fn an_immediate_replica_switches_only_when_complete_and_a_killed_sync_resu
     assert!(!debs.is_empty());
     proxy.set(Fault::RefuseBlobs(debs.clone()));
     let token = create_token(&s, "branch-1").await;
-    let config = with_policy(
-        replica_config(
-            &s.dir.path().join("r"),
-            &proxy.url,
-            &fingerprint(&s),
-            &token,
-            "branch-1",
-        ),
-        &["testing", "approved"],
-        FetchPolicy::Immediate,
-    );
+    let config = immediate_replica(&s, &proxy.url, &token);
     let replica = start_replica(&config);
     until("the sync fails on a refused package", MINUTE, || {
         error_mentions(&replica.url, "503")
@@ -358,4 +354,98 @@ async fn an_immediate_replica_switches_only_when_complete_and_a_killed_sync_resu
     );
     assert_eq!(status(&replica.url).await["blobs_missing"], 0);
     assert_store_intact(&config.data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immediate_replica_fetches_its_packages_in_batches_and_a_batch_needs_a_token() {
+    // A canonical that stores every package (an `immediate` source): a parent frames only
+    // what it holds, and one that fetches lazily leaves its packages to the single route.
+    let spec = FixtureSpec::default().large_payload(64 << 10);
+    let mut p = parts(Backend::Sqlite, Duration::ZERO, spec).await;
+    p.config.sources[0].policy = FetchPolicy::Immediate;
+    let s = Setup::from_parts(p).await;
+    s.sync().await;
+    s.promote(&[]).await.unwrap();
+    let proxy = FaultProxy::start(&s.app.url).await;
+    let token = create_token(&s, "branch-1").await;
+    let config = immediate_replica(&s, &proxy.url, &token);
+    let replica = start_replica(&config);
+    let seq = s.app.state.replicas.current().await.unwrap().0;
+    until_applied(&replica.url, seq).await;
+    assert_eq!(status(&replica.url).await["blobs_missing"], 0);
+    let mut debs = all_package_digests(&s.app.url, "testing").await;
+    debs.extend(all_package_digests(&s.app.url, "approved").await);
+    assert!(proxy.batch_requests() >= 1);
+    let alone: HashSet<String> = proxy.single_blobs().into_iter().collect();
+    assert!(
+        debs.is_disjoint(&alone),
+        "no package travelled alone: {:?}",
+        debs.intersection(&alone).collect::<Vec<_>>()
+    );
+    assert_store_intact(&config.data_dir);
+
+    // A batch answer corrupted or cut on the way: nothing bad is stored, and what the batch
+    // did not bring intact is fetched alone.
+    for (n, fault) in [Fault::CorruptBatches(1), Fault::TruncateBatches(1)]
+        .into_iter()
+        .enumerate()
+    {
+        let before = proxy.single_blobs().len();
+        proxy.set(fault.clone());
+        let mut fresh = config.clone();
+        fresh.data_dir = s.dir.path().join(format!("r-{n}"));
+        let again = start_replica(&fresh);
+        until_applied(&again.url, seq).await;
+        assert!(
+            matches!(
+                proxy.fault(),
+                Fault::CorruptBatches(0) | Fault::TruncateBatches(0)
+            ),
+            "{fault:?} was served"
+        );
+        assert_eq!(status(&again.url).await["blobs_missing"], 0);
+        assert_store_intact(&fresh.data_dir);
+        let alone: HashSet<String> = proxy.single_blobs()[before..].iter().cloned().collect();
+        assert!(
+            !debs.is_disjoint(&alone),
+            "after {fault:?} some packages were fetched alone: {alone:?}, {} batches, {}",
+            proxy.batch_requests(),
+            status(&again.url).await
+        );
+        again.kill();
+    }
+
+    // The canonical's batch route: the token is checked before the body is read, and only
+    // what is held is framed.
+    let url = format!("{}/api/v1/replica/blobs", s.app.url);
+    let post = |token: Option<&str>, body: String| {
+        let mut request = client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(post(None, "{".into()).await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong"), "{".into()).await.unwrap().status(), 401);
+    assert_eq!(post(Some(&token), "{".into()).await.unwrap().status(), 400);
+    let deb = debs.iter().next().unwrap();
+    let stored = fs_err::read(
+        config
+            .data_dir
+            .join(format!("store/blobs/sha256/{}/{deb}", &deb[..2])),
+    )
+    .unwrap();
+    let absent = "ab".repeat(32);
+    let body = serde_json::json!({"blobs": [
+        {"sha256": absent, "size": 3},
+        {"sha256": deb, "size": stored.len()},
+    ]});
+    let answer = post(Some(&token), body.to_string()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut expected = format!("{deb} {}\n", stored.len()).into_bytes();
+    expected.extend_from_slice(&stored);
+    assert_eq!(answer.bytes().await.unwrap().as_ref(), expected.as_slice());
 }

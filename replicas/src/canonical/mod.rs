@@ -11,7 +11,7 @@
 pub mod admin;
 mod routes;
 
-pub(crate) use routes::{bearer_sha256, unauthorized};
+pub(crate) use routes::{batch_body, bearer_sha256, unauthorized};
 mod store;
 
 pub use routes::routes;

@@ -1,11 +1,13 @@
 //! `/api/v1/replica/…` on the canonical server: every route checks the replica token first.
 
 use super::{Canonical, CanonicalError};
-use crate::protocol::{ReplicaReport, KEYS_PATH, MANIFEST_PATH, MAX_WAIT_SECS, STATUS_PATH};
+use crate::protocol::{
+    BlobBatch, ReplicaReport, BLOB_BATCH_PATH, KEYS_PATH, MANIFEST_PATH, MAX_WAIT_SECS, STATUS_PATH,
+};
 use aptgate_channels::api::ApiError;
 use aptgate_mirror::routes::respond;
 use aptgate_mirror::{MirrorError, Resolved, Sha256};
-use axum::extract::{FromRef, Path, Query, Request, State};
+use axum::extract::{FromRef, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +25,7 @@ where
         .route(MANIFEST_PATH, get(manifest))
         .route(KEYS_PATH, get(keys))
         .route("/api/v1/replica/blobs/sha256/{hex}", get(blob))
+        .route(BLOB_BATCH_PATH, post(blob_batch))
         .route(STATUS_PATH, post(status))
 }
 
@@ -145,6 +148,26 @@ async fn blob(
         "public, max-age=31536000, immutable",
     )
     .await
+}
+
+/// The body of a `POST blobs`, read only once the caller's token was checked.
+pub(crate) async fn batch_body(request: Request) -> Result<BlobBatch, ApiError> {
+    let Json(batch) = Json::<BlobBatch>::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    Ok(batch)
+}
+
+async fn blob_batch(
+    State(canonical): State<Arc<Canonical>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    replica(&canonical, request.headers()).await?;
+    let batch = batch_body(request).await?;
+    Ok(crate::batch::respond(
+        canonical.mirror.store().clone(),
+        batch,
+    ))
 }
 
 async fn status(

@@ -9,6 +9,7 @@
 //! | `gc.rs` | deleting blobs the applied state no longer needs, after each switch |
 //! | `report.rs` | the status report, sent to the parent after every attempt |
 
+mod fetch;
 mod gc;
 mod report;
 pub mod serve;

@@ -6,7 +6,8 @@
 
 use super::Replica;
 use crate::protocol::{
-    blob_url, ManifestEnvelope, ReplicaReport, KEYS_PATH, MANIFEST_PATH, MAX_WAIT_SECS, STATUS_PATH,
+    blob_url, ManifestEnvelope, ReplicaReport, BLOB_BATCH_PATH, KEYS_PATH, MANIFEST_PATH,
+    MAX_WAIT_SECS, STATUS_PATH,
 };
 use aptgate_channels::api::ApiError;
 use aptgate_mirror::path::MirrorPath;
@@ -31,6 +32,7 @@ pub fn routes(replica: Arc<Replica>) -> Router {
         .route(MANIFEST_PATH, get(child_manifest))
         .route(KEYS_PATH, get(child_keys))
         .route("/api/v1/replica/blobs/sha256/{hex}", get(child_blob))
+        .route(BLOB_BATCH_PATH, post(child_blob_batch))
         .route(STATUS_PATH, post(child_status))
         .with_state(replica)
 }
@@ -318,6 +320,17 @@ async fn child_blob(
         "public, max-age=31536000, immutable",
     )
     .await
+}
+
+/// Many blobs for a child, from what this replica stores (the child fetches the rest one by
+/// one, which fetches them here from the parent).
+async fn child_blob_batch(
+    State(replica): State<Arc<Replica>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    child(&replica, request.headers())?;
+    let batch = crate::canonical::batch_body(request).await?;
+    Ok(crate::batch::respond(replica.mirror.store().clone(), batch))
 }
 
 /// A child's report, passed up to this replica's parent.

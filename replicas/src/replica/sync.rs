@@ -10,21 +10,14 @@
 use super::state::{carried, read_suite, Applied, AppliedChannel, StateFile};
 use super::Replica;
 use crate::protocol::{
-    blob_url, verify_manifest, FeedManifest, ManifestEnvelope, ProtocolError, KEYS_PATH,
-    MANIFEST_PATH,
+    verify_manifest, FeedManifest, ManifestEnvelope, ProtocolError, KEYS_PATH, MANIFEST_PATH,
 };
 use aptgate_config::FetchPolicy;
 use aptgate_mirror::keyring::Keyring;
 use aptgate_mirror::release::SuiteRelease;
 use aptgate_mirror::{Expected, Sha256};
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-/// Downloads of `.deb`s at once for an `immediate` channel.
-const PARALLEL_BLOBS: usize = 8;
-/// Attempts per blob within one sync (a corrupted or cut transfer is fetched again).
-const BLOB_ATTEMPTS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -66,7 +59,7 @@ impl From<super::state::StateError> for SyncError {
 }
 
 impl Replica {
-    fn parent_url(&self, path: &str) -> String {
+    pub(crate) fn parent_url(&self, path: &str) -> String {
         format!(
             "{}{path}",
             self.config.parent.as_str().trim_end_matches('/')
@@ -198,31 +191,6 @@ impl Replica {
                 .map_err(|e| SyncError::Store(e.to_string()))?;
         }
         Ok(digest)
-    }
-
-    /// Makes sure the store holds `digest` (fetched from the parent, verified, if not).
-    pub(crate) async fn fetch(
-        &self,
-        what: &str,
-        digest: Sha256,
-        size: u64,
-    ) -> Result<(), SyncError> {
-        let url = blob_url(self.config.parent.as_str(), &digest, size);
-        let mut last = String::new();
-        for _ in 0..BLOB_ATTEMPTS {
-            if self.mirror.store().contains(&digest) {
-                return Ok(());
-            }
-            match self.mirror.store_blob_at(&url, digest, size).await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(SyncError::Blob {
-            what: what.to_owned(),
-            digest,
-            reason: last,
-        })
     }
 
     /// What `feed` serves, from blobs in the store; with `fetch`, what is missing is fetched
@@ -382,28 +350,6 @@ impl Replica {
             }
             self.fetch(&at(plain_name), plain_digest, plain_size)
                 .await?;
-        }
-        Ok(())
-    }
-
-    /// Every `.deb` of an `immediate` channel that the store lacks, a few at a time.
-    async fn fetch_pool(
-        &self,
-        channel: &str,
-        pool: &HashMap<String, (Sha256, u64)>,
-    ) -> Result<(), SyncError> {
-        let store = self.mirror.store();
-        let mut seen = std::collections::HashSet::new();
-        let missing: Vec<(String, Sha256, u64)> = pool
-            .iter()
-            .filter(|(_, (d, _))| seen.insert(*d) && !store.contains(d))
-            .map(|(p, (d, s))| (format!("channel {channel}: {p}"), *d, *s))
-            .collect();
-        let mut downloads = futures::stream::iter(missing)
-            .map(|(what, digest, size)| async move { self.fetch(&what, digest, size).await })
-            .buffer_unordered(PARALLEL_BLOBS);
-        while let Some(result) = downloads.next().await {
-            result?;
         }
         Ok(())
     }
