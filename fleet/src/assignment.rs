@@ -91,6 +91,38 @@ pub fn check_mirrors(urls: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Warnings for mirrors on the same host name as this server (`server_url`): within one run
+/// apt gives up on every port of a host name it once failed to connect to, so when such a
+/// mirror is down the fallback to this server fails too.
+pub fn shared_host_warnings(server_url: Option<&str>, mirrors: &[String]) -> Vec<String> {
+    let Some(server) = server_url.and_then(host_name) else {
+        return Vec::new();
+    };
+    mirrors
+        .iter()
+        .filter(|m| host_name(m).is_some_and(|h| h.eq_ignore_ascii_case(server)))
+        .map(|m| {
+            format!(
+                "mirror {m} has this server's host name ({server}): if it is down, apt gives up \
+                 on the fallback to this server too (apt skips every port of a host name it \
+                 failed to connect to)\nhint: give the replica a host name of its own"
+            )
+        })
+        .collect()
+}
+
+/// `host` of `scheme://host[:port]/…` (brackets kept for IPv6).
+fn host_name(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => &authority[..v6.find(']')? + 2],
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 fn base(url: &str) -> &str {
     url.trim_end_matches('/')
 }
@@ -285,6 +317,34 @@ fn with_rev(mut sources: DesiredSources) -> DesiredSources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_on_this_server_s_host_name_is_warned_about_whatever_its_port() {
+        let mirrors = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let server = Some("https://aptgate.example.org:8470/");
+        assert_eq!(
+            shared_host_warnings(
+                server,
+                &mirrors(&[
+                    "http://APTGATE.example.org:9000",
+                    "http://berlin.example.org:8470",
+                    "http://user@aptgate.example.org/x",
+                ])
+            )
+            .len(),
+            2
+        );
+        assert!(shared_host_warnings(None, &mirrors(&["http://aptgate.example.org"])).is_empty());
+        let v6 = Some("http://[2001:db8::1]:8470");
+        assert_eq!(
+            shared_host_warnings(
+                v6,
+                &mirrors(&["http://[2001:db8::1]:9000", "http://[2001:db8::2]"])
+            )
+            .len(),
+            1
+        );
+    }
 
     fn rule(name: &str, selector: &str, priority: i64) -> Rule {
         Rule {

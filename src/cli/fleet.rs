@@ -335,6 +335,13 @@ async fn token(api: &AdminClient, command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's `warnings` (a mirror that defeats the fallback), on stderr.
+fn print_warnings(answer: &Value) {
+    for warning in answer["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+    }
+}
+
 async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
     match command {
         RuleCommand::Add {
@@ -346,7 +353,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
             disable_other_sources,
             comment,
         } => {
-            let _: Value = api
+            let answer: Value = api
                 .post(
                     "fleet/rules",
                     json!({"name": name, "selector": selector, "channel": channel,
@@ -362,6 +369,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                     &selector
                 }
             );
+            print_warnings(&answer);
         }
         RuleCommand::List => {
             let rules: Vec<Value> = api.get("fleet/rules").await?;
@@ -389,7 +397,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
             mirrors,
             comment,
         } => {
-            let _: Value = api
+            let answer: Value = api
                 .call(
                     reqwest::Method::PUT,
                     &format!("fleet/rules/{}/mirrors", encode(&name)),
@@ -404,6 +412,7 @@ async fn rule(api: &AdminClient, command: RuleCommand) -> anyhow::Result<()> {
                     mirrors.join(", ")
                 );
             }
+            print_warnings(&answer);
         }
         RuleCommand::Remove { name, comment } => {
             let mut path = format!("fleet/rules/{}", encode(&name));

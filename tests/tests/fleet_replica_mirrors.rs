@@ -293,7 +293,7 @@ async fn rule_mirrors_are_checked_stored_audited_and_change_the_hosts_sources(ba
         .call("PUT", &set("configured"), Some(json!({"mirrors": []})))
         .await;
     assert_eq!(status, 409);
-    admin
+    let answer = admin
         .ok(
             "PUT",
             &set("berlin"),
@@ -301,9 +301,25 @@ async fn rule_mirrors_are_checked_stored_audited_and_change_the_hosts_sources(ba
             "comment": "berlin replica retired"})),
         )
         .await;
+    assert_eq!(answer["warnings"], json!([]), "{answer}");
     let after = host.checkin(&host.checkin_request(None)).await.sources;
     assert_eq!(after.mirrors, ["http://hub.example.org/channels/testing/"]);
     assert_ne!(after.rev, before.rev);
+    // A mirror on this server's host name (another port) defeats apt's fallback: stored, with
+    // a warning that says why.
+    let server_host = s
+        .app
+        .url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap();
+    let same_host = format!("http://{server_host}:9");
+    let answer = admin
+        .ok("PUT", &set("berlin"), Some(json!({"mirrors": [same_host]})))
+        .await;
+    let warning = answer["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("host name of its own"), "{answer}");
     admin
         .ok("PUT", &set("berlin"), Some(json!({"mirrors": []})))
         .await;

@@ -3,7 +3,7 @@
 //! their new sources at once.
 
 use super::*;
-use crate::assignment::{check_mirrors, Rule};
+use crate::assignment::{check_mirrors, shared_host_warnings, Rule};
 use crate::error::db;
 use crate::selector::Selector;
 use crate::store::{mirrors_json, RuleRow, Store};
@@ -119,7 +119,8 @@ pub(super) async fn add(
     tx.commit().await.map_err(db("commit"))?;
     fleet.reload_rules().await?;
     wake_matching(&fleet, &selector).await?;
-    Ok(Json(json!({"added": body.name})))
+    let warnings = shared_host_warnings(fleet.server_url(host(&headers)).as_deref(), &mirrors);
+    Ok(Json(json!({"added": body.name, "warnings": warnings})))
 }
 
 #[derive(Deserialize)]
@@ -158,7 +159,15 @@ pub(super) async fn set_mirrors(
     tx.commit().await.map_err(db("commit"))?;
     fleet.reload_rules().await?;
     wake_matching(&fleet, &rule.selector).await?;
-    Ok(Json(json!({"rule": name, "mirrors": body.mirrors})))
+    let warnings = shared_host_warnings(fleet.server_url(host(&headers)).as_deref(), &body.mirrors);
+    Ok(Json(
+        json!({"rule": name, "mirrors": body.mirrors, "warnings": warnings}),
+    ))
+}
+
+/// The `Host` the admin's request came to (this server's URL when `fleet.public_url` is unset).
+fn host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::HOST)?.to_str().ok()
 }
 
 /// The API rule `name` (a configured one cannot be changed here: `config_hint` says where).
