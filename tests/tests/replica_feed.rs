@@ -2,10 +2,12 @@
 //! rises with every change replicas must see (sync-followed moves, promotion, re-signing,
 //! rollback), stays put while nothing changes, is shared by a second server instance on the
 //! same catalog, and the signed manifest verifies against the channel key and nothing else.
+//! A replica token posts reports for itself and, capped, for its children.
 
 use aptgate_channels::Actor;
 use aptgate_mirror::keyring::Keyring;
-use aptgate_replicas::protocol::verify_manifest;
+use aptgate_replicas::canonical::MAX_FORWARDED_PER_REPLICA;
+use aptgate_replicas::protocol::{verify_manifest, ReplicaReport};
 use aptgate_tests::both_backends;
 use aptgate_tests::channels::*;
 use aptgate_tests::db::Backend;
@@ -93,6 +95,58 @@ async fn the_feed_seq_rises_with_every_change_and_is_shared_and_signed(backend: 
     assert_eq!(manifest(token).await, 401);
     let audit = cli(&s, &admin, &["audit", "--json"]).unwrap();
     assert!(audit.contains("replica_token_revoked"), "{audit}");
+
+    // Reports a replica forwards for its children are capped: a token cannot grow the table
+    // without bound; a silent child's row makes room for a new one.
+    let token = aptgate_tests::replicas::create_token(&s, "hub").await;
+    let post = |name: String| {
+        let url = format!("{}/api/v1/replica/status", s.app.url);
+        let token = token.clone();
+        async move {
+            let report = ReplicaReport {
+                name,
+                parent: "http://example.org".into(),
+                ..Default::default()
+            };
+            let r = aptgate_tests::app::client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&report)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(post("hub".into()).await.0, 204, "its own report");
+    for i in 0..MAX_FORWARDED_PER_REPLICA {
+        assert_eq!(post(format!("child-{i}")).await.0, 204);
+    }
+    let (status, body) = post("one-too-many".into()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("child replicas"), "{body}");
+    assert_eq!(
+        post("child-7".into()).await.0,
+        204,
+        "a known child still reports"
+    );
+    assert_eq!(
+        post("hub".into()).await.0,
+        204,
+        "and so does the replica itself"
+    );
+    sqlx::query("UPDATE replica_reports SET received_at = 0 WHERE name = 'hub/child-3'")
+        .execute(channels.catalog().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        post("one-too-many".into()).await.0,
+        204,
+        "a silent child made room"
+    );
+    let list = cli(&s, &admin, &["replica", "list", "--json"]).unwrap();
+    assert!(list.contains("hub/one-too-many"), "{list}");
+    assert!(!list.contains("hub/child-3\""), "the silent one went");
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub(crate) use routes::{batch_body, bearer_sha256, unauthorized};
 mod store;
 
 pub use routes::routes;
+pub use store::MAX_FORWARDED_PER_REPLICA;
 
 use crate::protocol::{FeedChannel, FeedManifest, KeysRef, ManifestEnvelope, PROTOCOL};
 use aptgate_channels::catalog::Backend;

@@ -186,15 +186,28 @@ async fn status(
     }
     // A replica's own report is kept under its token's name; one it forwards for a child
     // replica under `<its name>/<child>`, so a child cannot overwrite another replica's row.
-    let key = if report.name == name || report.name.is_empty() {
-        name
-    } else {
-        format!("{name}/{}", report.name)
-    };
     let text = serde_json::to_string(&report).expect("serializes");
-    canonical
+    let at = aptgate_channels::now();
+    if report.name == name || report.name.is_empty() {
+        canonical.store.save_report(&name, at, &text).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let key = format!("{name}/{}", report.name);
+    let saved = canonical
         .store
-        .save_report(&key, aptgate_channels::now(), &text)
+        .save_forwarded(&name, &key, at, super::admin::SILENT_AFTER_SECS, &text)
         .await?;
+    if !saved {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_replicas",
+            format!(
+                "replica {name} already forwards reports for {} child replicas, all reporting; \
+                 a new one is kept once one of them has been silent for {} s",
+                super::store::MAX_FORWARDED_PER_REPLICA,
+                super::admin::SILENT_AFTER_SECS
+            ),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,9 @@ pub(crate) struct FeedStore {
     pool: AnyPool,
 }
 
+/// How many child replicas' reports one replica may forward (its whole subtree).
+pub const MAX_FORWARDED_PER_REPLICA: usize = 256;
+
 /// A replica token and the latest report sent with it.
 #[derive(Debug, Clone)]
 pub struct ReplicaRow {
@@ -129,6 +132,50 @@ impl FeedStore {
         .await
         .map_err(db("saving a replica report"))?;
         Ok(())
+    }
+
+    /// Saves a report `via` forwards for a child under `key` (`via/child`), unless `via`
+    /// already has [`MAX_FORWARDED_PER_REPLICA`] other forwarded rows, none silent for
+    /// `stale_after` seconds: then `false`. A silent one makes room (the oldest goes), so a
+    /// renamed child replaces its old row in time, and a replica's token cannot grow the
+    /// table without bound.
+    pub(crate) async fn save_forwarded(
+        &self,
+        via: &str,
+        key: &str,
+        now: i64,
+        stale_after: i64,
+        report: &str,
+    ) -> Result<bool> {
+        let prefix = format!("{via}/");
+        // Names are compared in Rust: LIKE treats `_` (allowed in names) as a wildcard, and
+        // PostgreSQL's collation may not order '/' by byte.
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, received_at FROM replica_reports")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("listing forwarded replica reports"))?;
+        let forwarded: Vec<&(String, i64)> = rows
+            .iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .collect();
+        let known = forwarded.iter().any(|(n, _)| n == key);
+        if !known && forwarded.len() >= MAX_FORWARDED_PER_REPLICA {
+            let oldest = forwarded
+                .iter()
+                .min_by_key(|(_, at)| *at)
+                .expect("at the cap");
+            if oldest.1 > now - stale_after {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM replica_reports WHERE name = $1")
+                .bind(&oldest.0)
+                .execute(&self.pool)
+                .await
+                .map_err(db("dropping a silent forwarded replica report"))?;
+        }
+        self.save_report(key, now, report).await?;
+        Ok(true)
     }
 
     /// Every replica: those with a token, and those only known by a forwarded report.
