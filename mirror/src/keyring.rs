@@ -71,19 +71,31 @@ impl Keyring {
     /// Only the keys whose primary fingerprint is `fingerprint` (hex, any case, spaces
     /// ignored): a replica trusts the one key pinned at setup, whatever else it is handed.
     pub fn pinned(&self, fingerprint: &str) -> Self {
-        let wanted: String = fingerprint
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_uppercase();
+        self.pinned_to(&[fingerprint])
+    }
+
+    /// Only the keys whose primary fingerprint is one of `fingerprints` (as [`Self::pinned`]).
+    pub fn pinned_to<S: AsRef<str>>(&self, fingerprints: &[S]) -> Self {
+        let wanted: Vec<String> = fingerprints
+            .iter()
+            .map(|f| normalize_fingerprint(f.as_ref()))
+            .collect();
         Self {
             keys: self
                 .keys
                 .iter()
-                .filter(|k| hex::encode_upper(k.fingerprint().as_bytes()) == wanted)
+                .filter(|k| wanted.contains(&hex::encode_upper(k.fingerprint().as_bytes())))
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// The primary keys' fingerprints, upper-case hex.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| hex::encode_upper(k.fingerprint().as_bytes()))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,11 +107,7 @@ impl Keyring {
         if self.keys.is_empty() {
             return "empty".into();
         }
-        self.keys
-            .iter()
-            .map(|k| hex::encode_upper(k.fingerprint().as_bytes()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.fingerprints().join(", ")
     }
 
     /// Verifies a cleartext-signed document (an `InRelease`) and returns the signed text,
@@ -182,17 +190,54 @@ impl KeyRef<'_> {
     }
 }
 
+/// A fingerprint as written by people (any case, spaces between groups) as the keyring prints it.
+pub fn normalize_fingerprint(fingerprint: &str) -> String {
+    fingerprint
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
 fn parse_keys(bytes: &[u8]) -> Vec<SignedPublicKey> {
-    let armored = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
-    let iter: Box<dyn Iterator<Item = pgp::errors::Result<SignedPublicKey>>> = if armored {
-        match SignedPublicKey::from_armor_many(Cursor::new(bytes.to_vec())) {
-            Ok((iter, _)) => iter,
-            Err(_) => return Vec::new(),
+    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return SignedPublicKey::from_bytes_many(Cursor::new(bytes.to_vec()))
+            .filter_map(Result::ok)
+            .collect();
+    }
+    // A file may hold several armored blocks one after another (aptgate's own keys file
+    // during a rotation, many vendors' `.asc` keyrings): the armor reader stops after the
+    // first, so each block is read on its own.
+    let mut keys = Vec::new();
+    for block in armored_blocks(bytes) {
+        if let Ok((iter, _)) = SignedPublicKey::from_armor_many(Cursor::new(block.to_vec())) {
+            keys.extend(iter.filter_map(Result::ok));
         }
-    } else {
-        SignedPublicKey::from_bytes_many(Cursor::new(bytes.to_vec()))
+    }
+    keys
+}
+
+/// Each `-----BEGIN PGP PUBLIC KEY BLOCK-----` … `-----END PGP PUBLIC KEY BLOCK-----` in
+/// `bytes`, end line included.
+fn armored_blocks(bytes: &[u8]) -> Vec<&[u8]> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP PUBLIC KEY BLOCK-----";
+    const END: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
+    let find = |haystack: &[u8], needle: &[u8]| {
+        haystack
+            .windows(needle.len())
+            .position(|window| window == needle)
     };
-    iter.filter_map(Result::ok).collect()
+    let mut blocks = Vec::new();
+    let mut rest = bytes;
+    while let Some(start) = find(rest, BEGIN) {
+        let Some(end) = find(&rest[start..], END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        blocks.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    blocks
 }
 
 const SIGNED_MESSAGE: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
@@ -387,6 +432,36 @@ mod tests {
             keyring.verify_cleartext(text),
             Err(SignatureError::NotSigned(_))
         ));
+    }
+
+    #[test]
+    fn every_armored_block_of_a_file_is_read_and_a_pin_keeps_only_its_key() {
+        let (first_secret, first) = key_with_signing_subkey("one <one@aptgate.invalid>");
+        let (second_secret, second) = key_with_signing_subkey("two <two@aptgate.invalid>");
+        // Two blocks one after another, with text around them, as `cat a.asc b.asc` makes.
+        let file = format!(
+            "{}\n{}trailing comment\n",
+            first.to_armored_string(Default::default()).unwrap(),
+            second.to_armored_string(Default::default()).unwrap()
+        );
+        let keyring = Keyring::load(&[], &[file]).unwrap();
+        let fingerprints = keyring.fingerprints();
+        assert_eq!(fingerprints.len(), 2, "{fingerprints:?}");
+        let text = "Suite: stable\n";
+        for secret in [&first_secret, &second_secret] {
+            assert!(keyring
+                .verify_cleartext(&sign_with_subkey(secret, text))
+                .is_ok());
+        }
+        let second_only = keyring.pinned(&fingerprints[1].to_ascii_lowercase());
+        assert_eq!(second_only.fingerprints(), vec![fingerprints[1].clone()]);
+        assert!(second_only
+            .verify_cleartext(&sign_with_subkey(&first_secret, text))
+            .is_err());
+        assert_eq!(
+            keyring.pinned_to(&fingerprints).fingerprints(),
+            fingerprints
+        );
     }
 
     #[test]
