@@ -139,7 +139,7 @@ pub struct ReportedError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("the replica manifest's signature does not verify against the pinned key {fingerprint}: {reason}\nhint: check [replica] fingerprint against `aptgate key list` on the canonical server")]
+    #[error("the replica manifest's signature does not verify against the key(s) this replica trusts ({fingerprint}): {reason}\nhint: check [replica] fingerprint against `aptgate key list` on the canonical server; after a key rotation this replica missed, run `aptgate replica init` again")]
     BadSignature { fingerprint: String, reason: String },
     #[error("the replica manifest is not valid JSON: {0}")]
     Malformed(String),

@@ -76,6 +76,42 @@ pub fn replica_config(
     }
 }
 
+/// A replica `branch-1` of the canonical server and a child replica `branch-1a` of it.
+pub struct Chain {
+    pub replica: ServerProcess,
+    pub child: ServerProcess,
+    /// The child's configuration, to start it again.
+    pub child_config: Config,
+    /// `branch-1`'s replica token at the canonical server.
+    pub token: String,
+}
+
+/// Starts a [`Chain`] under `s` (a new token; both pin `s`'s key).
+pub async fn start_chain(s: &Setup) -> Chain {
+    let fpr = fingerprint(s);
+    let token = create_token(s, "branch-1").await;
+    let child_token = "aptgate-replica-child-of-branch-1";
+    let dir = s.dir.path();
+    let mut config = replica_config(&dir.join("branch-1"), &s.app.url, &fpr, &token, "branch-1");
+    config.replica.as_mut().unwrap().child_token_sha256 =
+        vec![aptgate_mirror::Sha256::of(child_token.as_bytes()).to_hex()];
+    let replica = start_replica(&config);
+    let child_config = replica_config(
+        &dir.join("branch-1a"),
+        &replica.url,
+        &fpr,
+        child_token,
+        "branch-1a",
+    );
+    let child = start_replica(&child_config);
+    Chain {
+        replica,
+        child,
+        child_config,
+        token,
+    }
+}
+
 /// Sets every channel of `config` to `policy`.
 pub fn with_policy(mut config: Config, channels: &[&str], policy: FetchPolicy) -> Config {
     let replica = config.replica.as_mut().unwrap();
@@ -104,8 +140,8 @@ pub async fn status(url: &str) -> serde_json::Value {
         .unwrap()
 }
 
-/// Polls `check` every 100 ms until it holds; panics with `what` and the last status after
-/// `timeout`. A readiness check, never a fixed sleep.
+/// Polls `check` every 100 ms until it holds; panics with `what` after `timeout`. A
+/// readiness check, never a fixed sleep.
 pub async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -118,14 +154,21 @@ where
     }
 }
 
-/// Waits until the replica at `url` serves `seq` or a later one.
+/// Waits until the replica at `url` serves `seq` or a later one; panics with its last
+/// status after a minute.
 pub async fn until_applied(url: &str, seq: i64) {
-    until(
-        &format!("{url} applies seq {seq}"),
-        Duration::from_secs(60),
-        || async { status(url).await["seq_applied"].as_i64().unwrap_or(0) >= seq },
-    )
-    .await
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = status(url).await;
+        if now["seq_applied"].as_i64().unwrap_or(0) >= seq {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {url} applies seq {seq}; its status: {now:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// GET `url` → (status, body bytes).

@@ -34,28 +34,14 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
     s.sync().await;
     s.promote(&[]).await.unwrap();
     let canonical = s.app.url.clone();
-    let fpr = fingerprint(&s);
 
     // A replica of the canonical server, and a child replica of that replica.
-    let token = create_token(&s, "branch-1").await;
-    let child_token = "aptgate-replica-child-of-branch-1";
-    let mut config = replica_config(
-        &s.dir.path().join("branch-1"),
-        &canonical,
-        &fpr,
-        &token,
-        "branch-1",
-    );
-    config.replica.as_mut().unwrap().child_token_sha256 =
-        vec![Sha256::of(child_token.as_bytes()).to_hex()];
-    let replica = start_replica(&config);
-    let child = start_replica(&replica_config(
-        &s.dir.path().join("branch-1a"),
-        &replica.url,
-        &fpr,
-        child_token,
-        "branch-1a",
-    ));
+    let Chain {
+        replica,
+        child,
+        token,
+        ..
+    } = start_chain(&s).await;
     let seq = s.app.state.replicas.current().await.unwrap().0;
     until_applied(&replica.url, seq).await;
     until_applied(&child.url, seq).await;

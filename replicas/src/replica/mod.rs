@@ -18,7 +18,7 @@ mod sync;
 
 use crate::protocol::ReplicaReport;
 use aptgate_config::{Config, ReplicaConfig};
-use aptgate_mirror::keyring::Keyring;
+use aptgate_mirror::keyring::{normalize_fingerprint, Keyring};
 use aptgate_mirror::{Mirror, Sha256};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use state::{Applied, StateFile};
@@ -44,6 +44,8 @@ pub struct Replica {
     sync_lock: tokio::sync::Mutex<()>,
     /// Whether a sync of this process went through the whole held state once.
     checked: std::sync::atomic::AtomicBool,
+    /// Fingerprints of the canonical keys a manifest may be signed by ([`StateFile::trusted`]).
+    pub(crate) trusted: Mutex<Vec<String>>,
     /// Blobs the applied state does not name go once they are older than this
     /// (`retention.grace`).
     pub(crate) gc_grace: Duration,
@@ -91,6 +93,7 @@ impl Replica {
             source,
         })?;
         let state_path = dir.join("state.json");
+        let pin = normalize_fingerprint(&replica.fingerprint);
         let this = Arc::new(Self {
             report: Mutex::new(ReplicaReport {
                 name: replica.name.clone(),
@@ -102,6 +105,7 @@ impl Replica {
             mirror,
             client,
             state_path,
+            trusted: Mutex::new(vec![pin]),
             applied: RwLock::new(None),
             applied_seq: watch::channel(0).0,
             sync_lock: tokio::sync::Mutex::new(()),
@@ -113,6 +117,9 @@ impl Replica {
             source,
         })?;
         if let Some(held) = held {
+            if held.pinned == this.pin() && !held.trusted.is_empty() {
+                *this.trusted.lock().expect("lock poisoned") = held.trusted.clone();
+            }
             match this.load(&held).await {
                 Ok(applied) => this.install(Arc::new(applied)),
                 // The state names blobs that were verified when stored; if they are gone
@@ -144,18 +151,30 @@ impl Replica {
         self.applied_seq.send_replace(seq);
     }
 
-    /// The pinned keyring, from a keys file: only the key with the pinned fingerprint.
+    /// `[replica] fingerprint`, as the keyring prints fingerprints.
+    pub(crate) fn pin(&self) -> String {
+        normalize_fingerprint(&self.config.fingerprint)
+    }
+
+    /// The trusted fingerprints, for messages.
+    pub(crate) fn trusted_text(&self) -> String {
+        self.trusted.lock().expect("lock poisoned").join(", ")
+    }
+
+    /// The keyring a manifest and its InRelease files are checked with: the keys of a keys
+    /// file whose fingerprints this replica trusts, whatever else the file holds.
     pub(crate) fn pinned_keyring(&self, armored: &str) -> Result<Keyring, SyncError> {
         let all = Keyring::load(&[], &[armored.to_owned()]).map_err(|e| SyncError::Keys {
             reason: e.to_string(),
         })?;
-        let pinned = all.pinned(&self.config.fingerprint);
+        let pinned = all.pinned_to(&self.trusted.lock().expect("lock poisoned"));
         if pinned.is_empty() {
             return Err(SyncError::Keys {
                 reason: format!(
-                    "the parent's keys ({}) do not include the pinned fingerprint {}",
+                    "the parent's keys ({}) include no key this replica trusts ({}); after a key \
+                     rotation it missed, run `aptgate replica init` again with the new fingerprint",
                     all.describe(),
-                    self.config.fingerprint
+                    self.trusted_text()
                 ),
             });
         }
@@ -167,7 +186,7 @@ impl Replica {
         let signed = self.read_text(&held.manifest).await?;
         let keys_text = self.read_text(&held.keys).await?;
         let keyring = self.pinned_keyring(&keys_text)?;
-        let feed = crate::protocol::verify_manifest(&keyring, &self.config.fingerprint, &signed)?;
+        let feed = crate::protocol::verify_manifest(&keyring, &self.trusted_text(), &signed)?;
         self.build(&feed, held.manifest, held.path.clone(), &keyring, false)
             .await
     }

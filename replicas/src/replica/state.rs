@@ -5,7 +5,7 @@
 //! ```json
 //! {"format": 1, "seq": 42, "manifest": "<sha256 of the signed manifest blob>",
 //!  "keys": "<sha256 of the keys file blob>", "path": ["canonical", "hub"],
-//!  "applied_at": 1700000000}
+//!  "applied_at": 1700000000, "trusted": ["<fingerprint>", …], "pinned": "<fingerprint>"}
 //! ```
 //!
 //! It is written only once everything the manifest's channels need (per policy) is in the
@@ -35,6 +35,15 @@ pub struct StateFile {
     /// The hops the manifest came through, canonical first.
     pub path: Vec<String>,
     pub applied_at: i64,
+    /// The canonical's keys this replica trusts (fingerprints): every key in the last keys
+    /// file that a manifest signed by a trusted key named. So a rotation's new key is learned
+    /// while the old one still signs, and a retired key is no longer trusted. Empty in state
+    /// files written before rotations were followed: then `[replica] fingerprint` alone.
+    #[serde(default)]
+    pub trusted: Vec<String>,
+    /// The `[replica] fingerprint` `trusted` was learned from: another pin starts over from it.
+    #[serde(default)]
+    pub pinned: String,
 }
 
 impl StateFile {
@@ -226,6 +235,8 @@ mod tests {
             keys: Sha256::of(b"keys"),
             path: vec!["canonical".into(), "berlin".into()],
             applied_at: 1,
+            trusted: vec!["AB12".into(), "CD34".into()],
+            pinned: "AB12".into(),
         };
         state.write(&path).unwrap();
         state.seq = 4;
@@ -233,6 +244,20 @@ mod tests {
         assert_eq!(StateFile::read(&path).unwrap(), Some(state));
         let left: Vec<_> = fs_err::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn a_state_file_from_before_key_rotations_were_followed_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let digest = Sha256::of(b"x").to_hex();
+        let old = format!(
+            r#"{{"format": 1, "seq": 2, "manifest": "{digest}", "keys": "{digest}",
+                "path": ["canonical"], "applied_at": 1}}"#
+        );
+        fs_err::write(&path, old).unwrap();
+        let state = StateFile::read(&path).unwrap().unwrap();
+        assert!(state.trusted.is_empty() && state.pinned.is_empty());
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Replica {
             serde_json::from_str(&text).map_err(|e| SyncError::Malformed(e.to_string()))?;
         let keys_text = self.get_text(&self.parent_url(KEYS_PATH)).await?;
         let keyring = self.pinned_keyring(&keys_text)?;
-        let feed = verify_manifest(&keyring, &self.config.fingerprint, &envelope.signed)?;
+        let feed = verify_manifest(&keyring, &self.trusted_text(), &envelope.signed)?;
         self.report.lock().expect("lock poisoned").seq_seen = Some(feed.seq);
         match held {
             Some(held) if feed.seq < held => {
@@ -140,6 +140,13 @@ impl Replica {
                     .into(),
             });
         }
+        // The keys file is the one a trusted key's manifest names: its keys are trusted next
+        // (a rotation's new key), and only they (a retired key is dropped).
+        let trusted = Keyring::load(&[], std::slice::from_ref(&keys_text))
+            .map_err(|e| SyncError::Keys {
+                reason: e.to_string(),
+            })?
+            .fingerprints();
         let keys_blob = self.put(keys_text.as_bytes()).await?;
         let manifest_blob = self.put(envelope.signed.as_bytes()).await?;
         let mut path = envelope.path;
@@ -154,6 +161,8 @@ impl Replica {
             keys: keys_blob,
             path,
             applied_at: aptgate_channels::now(),
+            trusted: trusted.clone(),
+            pinned: self.pin(),
         };
         let state_path = self.state_path.clone();
         tokio::task::spawn_blocking(move || state.write(&state_path))
@@ -165,6 +174,16 @@ impl Replica {
             channels = applied.channels.len(),
             "replica switched to a new manifest"
         );
+        let mut held_keys = self.trusted.lock().expect("lock poisoned");
+        if *held_keys != trusted {
+            tracing::info!(
+                before = held_keys.join(", "),
+                now = trusted.join(", "),
+                "the canonical's signing keys changed; this replica now trusts the keys its last manifest named"
+            );
+            *held_keys = trusted;
+        }
+        drop(held_keys);
         let new = held != Some(feed.seq);
         self.install(Arc::new(applied));
         self.checked
