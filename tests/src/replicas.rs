@@ -76,6 +76,9 @@ pub fn replica_config(
     }
 }
 
+/// The token a [`Chain`]'s child replica holds at its parent.
+pub const CHILD_TOKEN: &str = "aptgate-replica-child-of-branch-1";
+
 /// A replica `branch-1` of the canonical server and a child replica `branch-1a` of it.
 pub struct Chain {
     pub replica: ServerProcess,
@@ -90,7 +93,7 @@ pub struct Chain {
 pub async fn start_chain(s: &Setup) -> Chain {
     let fpr = fingerprint(s);
     let token = create_token(s, "branch-1").await;
-    let child_token = "aptgate-replica-child-of-branch-1";
+    let child_token = CHILD_TOKEN;
     let dir = s.dir.path();
     let mut config = replica_config(&dir.join("branch-1"), &s.app.url, &fpr, &token, "branch-1");
     config.replica.as_mut().unwrap().child_token_sha256 =

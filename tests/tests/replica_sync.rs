@@ -148,6 +148,22 @@ async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend
         metrics.contains("aptgate_replica_blobs_missing{replica=\"branch-1/branch-1a\"}"),
         "{metrics}"
     );
+
+    // A child's report the canonical refuses: the replica in between passes the refusal down.
+    let refused = client()
+        .post(format!("{}/api/v1/replica/status", replica.url))
+        .bearer_auth(CHILD_TOKEN)
+        .json(&aptgate_replicas::protocol::ReplicaReport {
+            name: "not a name!".into(),
+            parent: replica.url.clone(),
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let answer = refused.text().await.unwrap();
+    assert!(answer.contains("not a valid replica name"), "{answer}");
     let table = cli(&s, &admin, &["replica", "list"]).unwrap();
     assert!(
         table

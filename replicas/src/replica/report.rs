@@ -60,19 +60,39 @@ impl Replica {
     /// Posts the report to the parent; failures are only logged (the parent may be down).
     pub(crate) async fn send_report(&self) {
         let report = self.status().await;
-        self.post_report(&report).await;
+        if let Err(e) = self.post_report(&report).await {
+            tracing::debug!(error = %e, "the status report did not reach the parent");
+        }
     }
 
     /// Posts `report` (this replica's, or a child's passed up) to the parent.
-    pub(crate) async fn post_report(&self, report: &ReplicaReport) {
+    pub(crate) async fn post_report(&self, report: &ReplicaReport) -> Result<(), NotPosted> {
         let url = format!(
             "{}{STATUS_PATH}",
             self.config.parent.as_str().trim_end_matches('/')
         );
-        match self.client.post(&url).json(report).send().await {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => tracing::debug!(status = %r.status(), "the parent refused the status report"),
-            Err(e) => tracing::debug!(error = %e, "cannot send the status report"),
+        let answer = self
+            .client
+            .post(&url)
+            .json(report)
+            .send()
+            .await
+            .map_err(|e| NotPosted::Unreachable(e.to_string()))?;
+        if answer.status().is_success() {
+            return Ok(());
         }
+        Err(NotPosted::Refused {
+            status: answer.status().as_u16(),
+            body: answer.text().await.unwrap_or_default(),
+        })
     }
+}
+
+/// Why a report did not reach the parent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotPosted {
+    #[error("the parent answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("cannot reach the parent: {0}")]
+    Unreachable(String),
 }

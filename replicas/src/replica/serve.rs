@@ -333,13 +333,25 @@ async fn child_blob_batch(
     Ok(crate::batch::respond(replica.mirror.store().clone(), batch))
 }
 
-/// A child's report, passed up to this replica's parent.
+/// A child's report, passed up to this replica's parent; the parent's refusal (a bad name,
+/// too many children) is passed back down as it was given, so the child sees why.
 async fn child_status(
     State(replica): State<Arc<Replica>>,
     headers: HeaderMap,
     Json(report): Json<ReplicaReport>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     child(&replica, &headers)?;
-    replica.post_report(&report).await;
-    Ok(StatusCode::NO_CONTENT)
+    match replica.post_report(&report).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(super::report::NotPosted::Refused { status, body }) => {
+            tracing::warn!(child = %report.name, status, answer = %body, "the parent refused a child replica's report");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Err(e @ super::report::NotPosted::Unreachable(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "parent_unreachable",
+            format!("cannot pass the report up: {e}"),
+        )),
+    }
 }
