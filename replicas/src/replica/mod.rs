@@ -161,12 +161,10 @@ impl Replica {
         self.trusted.lock().expect("lock poisoned").join(", ")
     }
 
-    /// The keyring a manifest and its InRelease files are checked with: the keys of a keys
-    /// file whose fingerprints this replica trusts, whatever else the file holds.
-    pub(crate) fn pinned_keyring(&self, armored: &str) -> Result<Keyring, SyncError> {
-        let all = Keyring::load(&[], &[armored.to_owned()]).map_err(|e| SyncError::Keys {
-            reason: e.to_string(),
-        })?;
+    /// The keyring a manifest and its InRelease files are checked with: the keys of `all`
+    /// (a keys file, [`load_keys`]) whose fingerprints this replica trusts, whatever else
+    /// the file holds.
+    pub(crate) fn pinned_keyring(&self, all: &Keyring) -> Result<Keyring, SyncError> {
         let pinned = all.pinned_to(&self.trusted.lock().expect("lock poisoned"));
         if pinned.is_empty() {
             return Err(SyncError::Keys {
@@ -185,7 +183,7 @@ impl Replica {
     async fn load(&self, held: &StateFile) -> Result<Applied, SyncError> {
         let signed = self.read_text(&held.manifest).await?;
         let keys_text = self.read_text(&held.keys).await?;
-        let keyring = self.pinned_keyring(&keys_text)?;
+        let keyring = self.pinned_keyring(&load_keys(&keys_text)?)?;
         let feed = crate::protocol::verify_manifest(&keyring, &self.trusted_text(), &signed)?;
         self.build(&feed, held.manifest, held.path.clone(), &keyring, false)
             .await
@@ -242,4 +240,11 @@ impl Replica {
             );
         }
     }
+}
+
+/// Every key of a keys file (armored).
+pub(crate) fn load_keys(armored: &str) -> Result<Keyring, SyncError> {
+    Keyring::load(&[], &[armored.to_owned()]).map_err(|e| SyncError::Keys {
+        reason: e.to_string(),
+    })
 }

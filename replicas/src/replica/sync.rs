@@ -120,7 +120,8 @@ impl Replica {
         let envelope: ManifestEnvelope =
             serde_json::from_str(&text).map_err(|e| SyncError::Malformed(e.to_string()))?;
         let keys_text = self.get_text(&self.parent_url(KEYS_PATH)).await?;
-        let keyring = self.pinned_keyring(&keys_text)?;
+        let keys = super::load_keys(&keys_text)?;
+        let keyring = self.pinned_keyring(&keys)?;
         let feed = verify_manifest(&keyring, &self.trusted_text(), &envelope.signed)?;
         self.report.lock().expect("lock poisoned").seq_seen = Some(feed.seq);
         match held {
@@ -142,11 +143,7 @@ impl Replica {
         }
         // The keys file is the one a trusted key's manifest names: its keys are trusted next
         // (a rotation's new key), and only they (a retired key is dropped).
-        let trusted = Keyring::load(&[], std::slice::from_ref(&keys_text))
-            .map_err(|e| SyncError::Keys {
-                reason: e.to_string(),
-            })?
-            .fingerprints();
+        let trusted = keys.fingerprints();
         let keys_blob = self.put(keys_text.as_bytes()).await?;
         let manifest_blob = self.put(envelope.signed.as_bytes()).await?;
         let mut path = envelope.path;
