@@ -95,12 +95,13 @@ pub fn check_mirrors(urls: &[String]) -> Result<()> {
 /// apt gives up on every port of a host name it once failed to connect to, so when such a
 /// mirror is down the fallback to this server fails too.
 pub fn shared_host_warnings(server_url: Option<&str>, mirrors: &[String]) -> Vec<String> {
+    let host_name = |url: &str| url::Url::parse(url).ok()?.host_str().map(str::to_owned);
     let Some(server) = server_url.and_then(host_name) else {
         return Vec::new();
     };
     mirrors
         .iter()
-        .filter(|m| host_name(m).is_some_and(|h| h.eq_ignore_ascii_case(server)))
+        .filter(|m| host_name(m).is_some_and(|h| h.eq_ignore_ascii_case(&server)))
         .map(|m| {
             format!(
                 "mirror {m} has this server's host name ({server}): if it is down, apt gives up \
@@ -109,18 +110,6 @@ pub fn shared_host_warnings(server_url: Option<&str>, mirrors: &[String]) -> Vec
             )
         })
         .collect()
-}
-
-/// `host` of `scheme://host[:port]/…` (brackets kept for IPv6).
-fn host_name(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => &authority[..v6.find(']')? + 2],
-        None => authority.split(':').next()?,
-    };
-    (!host.is_empty()).then_some(host)
 }
 
 fn base(url: &str) -> &str {

@@ -75,11 +75,11 @@ impl Fleet {
             .migrate(migrations)
             .await
             .map_err(FleetError::Migrate)?;
+        let public_url = Some(config.public_url.as_str()).filter(|u| !u.is_empty());
         for r in &config.rules {
             selector::Selector::parse(&r.selector)
                 .and_then(|_| assignment::check_mirrors(&r.all_mirrors()))
                 .map_err(|e| FleetError::Config(format!("[[fleet.rules]] {}: {e}", r.name)))?;
-            let public_url = Some(config.public_url.as_str()).filter(|u| !u.is_empty());
             for warning in assignment::shared_host_warnings(public_url, &r.all_mirrors()) {
                 tracing::warn!(rule = %r.name, "{warning}");
             }

@@ -174,6 +174,21 @@ pub async fn until_applied(url: &str, seq: i64) {
     }
 }
 
+pub const RELEASE_FILES: [&str; 3] = ["InRelease", "Release", "Release.gpg"];
+
+/// Whether `server` serves `channel`'s Release files byte for byte as `canonical` does.
+pub async fn same_release_files(canonical: &str, server: &str, channel: &str) -> bool {
+    for file in RELEASE_FILES {
+        let path = format!("channels/{channel}/dists/stable/{file}");
+        let (want_status, want) = fetch(&format!("{canonical}/{path}")).await;
+        let (got_status, got) = fetch(&format!("{server}/{path}")).await;
+        if want_status != 200 || got_status != 200 || want != got {
+            return false;
+        }
+    }
+    true
+}
+
 /// GET `url` → (status, body bytes).
 pub async fn fetch(url: &str) -> (u16, Vec<u8>) {
     let r = client().get(url).send().await.unwrap();

@@ -13,18 +13,11 @@ use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// Whether `server` serves `channel`'s InRelease and the public keys as `canonical` does.
+/// Whether `server` serves `channel`'s Release files and the public keys as `canonical` does.
 async fn serves_as(canonical: &str, server: &str, channel: &str) -> bool {
-    let mut same = true;
-    for path in [
-        format!("channels/{channel}/dists/stable/InRelease"),
-        "keys/aptgate.asc".to_owned(),
-    ] {
-        let (want_status, want) = fetch(&format!("{canonical}/{path}")).await;
-        let got = fetch(&format!("{server}/{path}")).await;
-        same &= want_status == 200 && got == (want_status, want);
-    }
-    same
+    same_release_files(canonical, server, channel).await
+        && fetch(&format!("{canonical}/keys/aptgate.asc")).await
+            == fetch(&format!("{server}/keys/aptgate.asc")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,21 +14,6 @@ use std::time::Duration;
 
 both_backends!(a_promotion_is_served_by_a_replica_and_its_child_byte_identical);
 
-const RELEASE_FILES: [&str; 3] = ["InRelease", "Release", "Release.gpg"];
-
-/// Whether `server` serves `channel`'s Release files byte for byte as `canonical` does.
-async fn same_release_files(canonical: &str, server: &str, channel: &str) -> bool {
-    for file in RELEASE_FILES {
-        let path = format!("channels/{channel}/dists/stable/{file}");
-        let (want_status, want) = fetch(&format!("{canonical}/{path}")).await;
-        let (got_status, got) = fetch(&format!("{server}/{path}")).await;
-        if want_status != 200 || got_status != 200 || want != got {
-            return false;
-        }
-    }
-    true
-}
-
 async fn a_promotion_is_served_by_a_replica_and_its_child_byte_identical(backend: Backend) {
     let mut s = Setup::new(backend, Duration::ZERO).await;
     s.sync().await;
