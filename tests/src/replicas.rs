@@ -196,21 +196,29 @@ pub async fn fetch(url: &str) -> (u16, Vec<u8>) {
     (status, r.bytes().await.unwrap().to_vec())
 }
 
-/// The `SHA256:` of every package a channel's `stable` suite lists.
+/// The `SHA256:` of every package a channel's `stable` suite lists for amd64.
 pub async fn package_digests(server: &str, channel: &str) -> HashSet<String> {
-    suite_package_digests(server, channel, &["stable"]).await
+    listed_digests(server, channel, &["stable"], &["amd64"]).await
 }
 
-/// The `.deb` digests `channel` lists in every suite of the fixture.
+/// The `.deb` digests `channel` lists in every suite and architecture of the fixture.
 pub async fn all_package_digests(server: &str, channel: &str) -> HashSet<String> {
-    suite_package_digests(server, channel, &["stable", "testing"]).await
+    listed_digests(server, channel, &["stable", "testing"], &["amd64", "arm64"]).await
 }
 
-async fn suite_package_digests(server: &str, channel: &str, suites: &[&str]) -> HashSet<String> {
+async fn listed_digests(
+    server: &str,
+    channel: &str,
+    suites: &[&str],
+    architectures: &[&str],
+) -> HashSet<String> {
     let mut out = HashSet::new();
     for suite in suites {
-        for component in ["main", "contrib"] {
-            let index = format!("{suite}/{component}/binary-amd64/Packages");
+        for (component, arch) in ["main", "contrib"]
+            .into_iter()
+            .flat_map(|c| architectures.iter().map(move |a| (c, a)))
+        {
+            let index = format!("{suite}/{component}/binary-{arch}/Packages");
             let (code, body) = fetch(&format!("{server}/channels/{channel}/dists/{index}")).await;
             if code != 200 {
                 continue;
